@@ -1,0 +1,320 @@
+"""Settings: the one place that reads the environment.
+
+Every value is parsed and checked once, at start; a bad value raises ConfigError naming the
+variable, so the process refuses to start instead of failing on the first request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Callable, Mapping, TypeVar
+from urllib.parse import quote
+
+from limits import parse as parse_rate_limit
+
+from . import names
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+RATE_LIMITED_ROUTES = ("create", "wake", "sleep", "status", "chat", "delete", "messages")
+DEFAULT_RATE_LIMITS = {
+    "create": "100/minute",
+    "wake": "50/minute",
+    "sleep": "50/minute",
+    "status": "200/minute",
+    "chat": "100/minute",
+    "delete": "50/minute",
+    "messages": "200/minute",
+}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_socket_timeout_seconds: float = 2.0
+    session_ttl_seconds: int = 86400
+    idle_timeout_seconds: int = 120
+    user_pod_image: str = "session-manager-demo-agent:0.1.0"
+    user_pod_port: int = 1111
+    user_pod_cpu_request: str = "250m"
+    user_pod_memory_request: str = "256Mi"
+    user_pod_cpu_limit: str = "500m"
+    user_pod_memory_limit: str = "512Mi"
+    namespace: str = "sessions"
+    templates_dir: Path = REPO_ROOT / "templates"
+    log_level: str = "INFO"
+    api_keys: tuple[str, ...] = ()
+    auth_disabled: bool = False
+    rate_limits_enabled: bool = True
+    rate_limits: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: dict(DEFAULT_RATE_LIMITS)
+    )
+    trusted_proxies: int = 0
+    keda_polling_interval_seconds: int = 5
+    keda_cooldown_period_seconds: int = 30
+    keda_initial_cooldown_period_seconds: int = 120
+    keda_redis_host: str = "redis.session-manager.svc.cluster.local"
+    keda_redis_port: int = 6379
+    redis_secret_name: str = "redis-credentials"
+    redis_secret_key: str = "password"
+    pod_url_template: str = "http://{name}.{namespace}.svc.cluster.local:80"
+    pod_timeout_seconds: float = 30.0
+    max_body_bytes: int = 64 * 1024
+    max_message_chars: int = 16000
+    max_queued_messages: int = 100
+    max_messages_kept: int = 1000
+    idempotency_ttl_seconds: int = 600
+    delivery_max_attempts: int = 5
+    delivery_backoff_seconds: float = 1.0
+    delivery_lease_seconds: int = 60
+    reconcile_interval_seconds: int = 30
+    reconcile_grace_seconds: int = 300
+    worker_poll_interval_seconds: float = 0.5
+    port: int = 8080
+
+    @property
+    def activity_ttl_seconds(self) -> int:
+        """TTL of the key KEDA reads as "recently active".
+
+        KEDA scales to 0 `cooldownPeriod` after the last active poll, so the key must vanish
+        that much earlier for the pod to sleep IDLE_TIMEOUT after the last activity.
+        """
+        return max(1, self.idle_timeout_seconds - self.keda_cooldown_period_seconds)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        read = _Reader(env)
+        defaults = cls()
+        values = dict(
+            redis_url=_redis_url(env),
+            redis_socket_timeout_seconds=read.number(
+                "REDIS_SOCKET_TIMEOUT_SECONDS", defaults.redis_socket_timeout_seconds, float
+            ),
+            session_ttl_seconds=read.number("SESSION_TTL", defaults.session_ttl_seconds),
+            idle_timeout_seconds=read.number("IDLE_TIMEOUT", defaults.idle_timeout_seconds),
+            user_pod_image=read.checked("USER_POD_IMAGE", defaults.user_pod_image, names.check_image),
+            user_pod_port=read.number("USER_POD_PORT", defaults.user_pod_port, maximum=65535),
+            user_pod_cpu_request=read.checked(
+                "USER_POD_CPU_REQUEST", defaults.user_pod_cpu_request, names.check_quantity
+            ),
+            user_pod_memory_request=read.checked(
+                "USER_POD_MEMORY_REQUEST", defaults.user_pod_memory_request, names.check_quantity
+            ),
+            user_pod_cpu_limit=read.checked(
+                "USER_POD_CPU_LIMIT", defaults.user_pod_cpu_limit, names.check_quantity
+            ),
+            user_pod_memory_limit=read.checked(
+                "USER_POD_MEMORY_LIMIT", defaults.user_pod_memory_limit, names.check_quantity
+            ),
+            namespace=read.checked("NAMESPACE", defaults.namespace, names.check_dns_label),
+            templates_dir=read.checked("TEMPLATES_DIR", defaults.templates_dir, _existing_dir),
+            log_level=read.choice(
+                "LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")
+            ),
+            api_keys=read.checked("API_KEYS", (), _api_keys),
+            auth_disabled=read.flag("AUTH_DISABLED", False),
+            rate_limits_enabled=read.flag("RATE_LIMITS_ENABLED", True),
+            rate_limits={
+                route: read.checked(f"RATE_LIMIT_{route.upper()}", default, _rate_limit)
+                for route, default in DEFAULT_RATE_LIMITS.items()
+            },
+            trusted_proxies=read.number("TRUSTED_PROXIES", 0, minimum=0),
+            keda_polling_interval_seconds=read.number(
+                "KEDA_POLLING_INTERVAL", defaults.keda_polling_interval_seconds
+            ),
+            keda_cooldown_period_seconds=read.number(
+                "KEDA_COOLDOWN_PERIOD", defaults.keda_cooldown_period_seconds, minimum=0
+            ),
+            keda_initial_cooldown_period_seconds=read.number(
+                "KEDA_INITIAL_COOLDOWN_PERIOD",
+                defaults.keda_initial_cooldown_period_seconds,
+                minimum=0,
+            ),
+            keda_redis_host=read.checked(
+                "KEDA_REDIS_HOST", env.get("REDIS_HOST") or defaults.keda_redis_host,
+                names.check_hostname,
+            ),
+            keda_redis_port=read.number(
+                "KEDA_REDIS_PORT",
+                int(env["REDIS_PORT"]) if env.get("REDIS_PORT", "").isdigit()
+                else defaults.keda_redis_port,
+                maximum=65535,
+            ),
+            redis_secret_name=read.checked(
+                "REDIS_SECRET_NAME", defaults.redis_secret_name, names.check_dns_subdomain
+            ),
+            redis_secret_key=read.checked(
+                "REDIS_SECRET_KEY", defaults.redis_secret_key, names.check_secret_key
+            ),
+            pod_url_template=read.checked(
+                "POD_URL_TEMPLATE", defaults.pod_url_template, _pod_url_template
+            ),
+            pod_timeout_seconds=read.number(
+                "POD_TIMEOUT_SECONDS", defaults.pod_timeout_seconds, float
+            ),
+            max_body_bytes=read.number("MAX_BODY_BYTES", defaults.max_body_bytes),
+            max_message_chars=read.number("MAX_MESSAGE_CHARS", defaults.max_message_chars),
+            max_queued_messages=read.number("MAX_QUEUED_MESSAGES", defaults.max_queued_messages),
+            max_messages_kept=read.number("MAX_MESSAGES_KEPT", defaults.max_messages_kept),
+            idempotency_ttl_seconds=read.number(
+                "IDEMPOTENCY_TTL_SECONDS", defaults.idempotency_ttl_seconds
+            ),
+            delivery_max_attempts=read.number(
+                "DELIVERY_MAX_ATTEMPTS", defaults.delivery_max_attempts
+            ),
+            delivery_backoff_seconds=read.number(
+                "DELIVERY_BACKOFF_SECONDS", defaults.delivery_backoff_seconds, float, minimum=0
+            ),
+            delivery_lease_seconds=read.number(
+                "DELIVERY_LEASE_SECONDS", defaults.delivery_lease_seconds
+            ),
+            reconcile_interval_seconds=read.number(
+                "RECONCILE_INTERVAL_SECONDS", defaults.reconcile_interval_seconds
+            ),
+            reconcile_grace_seconds=read.number(
+                "RECONCILE_GRACE_SECONDS", defaults.reconcile_grace_seconds, minimum=0
+            ),
+            worker_poll_interval_seconds=read.number(
+                "WORKER_POLL_INTERVAL_SECONDS", defaults.worker_poll_interval_seconds, float
+            ),
+            port=read.number("PORT", defaults.port, maximum=65535),
+        )
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Cross-field rules; also run on settings built in code (tests)."""
+        if not self.api_keys and not self.auth_disabled:
+            raise ConfigError(
+                "API_KEYS is empty: set one or more comma-separated keys, or AUTH_DISABLED=true "
+                "for local development only"
+            )
+        if self.keda_cooldown_period_seconds >= self.idle_timeout_seconds:
+            raise ConfigError(
+                "KEDA_COOLDOWN_PERIOD must be smaller than IDLE_TIMEOUT "
+                f"({self.keda_cooldown_period_seconds} >= {self.idle_timeout_seconds})"
+            )
+
+    def replace(self, **changes: object) -> "Settings":
+        settings = dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def _raw(self, name: str) -> str | None:
+        value = self.env.get(name)
+        return None if value is None or value.strip() == "" else value.strip()
+
+    def number(
+        self,
+        name: str,
+        default: T,
+        kind: Callable[[str], T] = int,  # type: ignore[assignment]
+        *,
+        minimum: float = 1,
+        maximum: float | None = None,
+    ) -> T:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+        if value < minimum or (maximum is not None and value > maximum):  # type: ignore[operator]
+            bounds = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+            raise ConfigError(f"{name}={raw!r} must be {bounds}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={raw!r} must be true or false")
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        if raw.upper() not in allowed:
+            raise ConfigError(f"{name}={raw!r} must be one of {', '.join(allowed)}")
+        return raw.upper()
+
+    def checked(self, name: str, default: T, check: Callable[[str], T | None]) -> T:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            result = check(raw)
+        except ValueError as err:
+            # Never echo API_KEYS back: it is a secret.
+            shown = "<hidden>" if name == "API_KEYS" else repr(raw)
+            raise ConfigError(f"{name}={shown}: {err}") from None
+        return raw if result is None else result  # type: ignore[return-value]
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    if env.get("REDIS_URL", "").strip():
+        url = env["REDIS_URL"].strip()
+        if not re.match(r"^(redis|rediss|unix)://", url):
+            raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return url
+    host = env.get("REDIS_HOST", "").strip() or "127.0.0.1"
+    port = env.get("REDIS_PORT", "").strip() or "6379"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"REDIS_PORT={port!r} is not a port number")
+    password = env.get("REDIS_PASSWORD", "")
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}{host}:{port}/0"
+
+
+def _existing_dir(raw: str) -> Path:
+    path = Path(raw)
+    if not path.is_dir():
+        raise ValueError("not a directory")
+    return path
+
+
+def _api_keys(raw: str) -> tuple[str, ...]:
+    keys = tuple(key.strip() for key in raw.split(",") if key.strip())
+    if any(len(key) < 16 for key in keys):
+        raise ValueError("every key must be at least 16 characters")
+    return keys
+
+
+def _rate_limit(raw: str) -> None:
+    try:
+        parse_rate_limit(raw)
+    except ValueError:
+        raise ValueError("not a rate limit such as '100/minute'") from None
+
+
+def _pod_url_template(raw: str) -> None:
+    if not raw.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    try:
+        raw.format(name="n", namespace="ns", session_id="s", port=1)
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(
+            f"placeholders may be {{name}}, {{namespace}}, {{session_id}}, {{port}} ({err})"
+        ) from None

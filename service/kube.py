@@ -1,0 +1,393 @@
+"""The cluster: the only module that imports the Kubernetes client.
+
+Applies a bundle with server-side apply (one field manager, forced: these objects are ours),
+sweeps a session's objects by label, reads a session's Deployment, and turns the client's
+exceptions into our own (errors.Kube*), always chained.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+import urllib3
+from kubernetes import client, config, dynamic, watch
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import exceptions as dynamic_errors
+
+from . import names
+from .bundle import Bundle, KindRef, label_selector, wave_of
+from .errors import KubeError, KubeNotFound, KubeRejected, KubeUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+FIELD_MANAGER = "session-manager"
+PAUSED_REPLICAS_ANNOTATION = "autoscaling.keda.sh/paused-replicas"
+DELETE_PROPAGATION = "Background"  # never Orphan: ReplicaSets and Pods go with the Deployment
+
+# Every verb this module uses, per operation; k8s-manifests' Role is checked against it.
+VERBS = {
+    "apply": ("create", "patch"),  # server-side apply is a PATCH that may create
+    "sweep": ("deletecollection", "list", "delete"),  # list + delete is the 405 fallback
+    "status": ("get",),
+    "watch": ("list", "watch"),
+}
+WATCHED_KINDS = (KindRef("apps/v1", "Deployment"), KindRef("v1", "Pod"))
+PAUSE_KIND = KindRef("keda.sh/v1alpha1", "ScaledObject")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploymentState:
+    """What the cluster says about a session's Deployment."""
+
+    exists: bool
+    replicas: int = 0  # desired, as KEDA (or the default) set it
+    ready_replicas: int = 0
+    resource_version: str | None = None
+
+
+def _translate(err: Exception, *, kind: str | None = None, name: str | None = None) -> KubeError:
+    if isinstance(err, (dynamic_errors.DynamicApiError, ApiException)):
+        status = getattr(err, "status", None)
+        reason = _reason(err)
+        message = f"{kind or 'object'} {name or ''}: {status} {reason}".strip()
+        if status == 404:
+            return KubeNotFound(message, api_status=status, kind=kind, name=name)
+        if status in (400, 422):
+            return KubeRejected(message, api_status=status, kind=kind, name=name)
+        if status in (429, 500, 502, 503, 504):
+            return KubeUnavailable(message, api_status=status, kind=kind, name=name)
+        return KubeError(message, api_status=status, kind=kind, name=name)
+    if isinstance(err, dynamic_errors.ResourceNotFoundError):
+        return KubeNotFound(f"the API server does not serve {kind}: {err}", kind=kind)
+    return KubeUnavailable(f"cannot reach the Kubernetes API: {type(err).__name__}", kind=kind)
+
+
+def _reason(err: Exception) -> str:
+    summary = getattr(err, "summary", None)
+    if callable(summary):
+        try:
+            return str(summary())
+        except Exception:  # noqa: BLE001 - a best-effort message must not hide the real error
+            pass
+    return str(getattr(err, "reason", "") or err)[:500]
+
+
+_CLIENT_ERRORS = (
+    dynamic_errors.DynamicApiError,
+    dynamic_errors.ResourceNotFoundError,
+    ApiException,
+    urllib3.exceptions.HTTPError,
+    OSError,
+)
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube)."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    configuration.retries = 1
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient, namespace: str, *, parallel: int = 4,
+                 request_timeout_seconds: float = 15.0) -> None:
+        self.api_client = api_client
+        self.namespace = namespace
+        self.timeout = request_timeout_seconds
+        cache_dir = tempfile.mkdtemp(prefix="session-manager-discovery-")
+        atexit.register(shutil.rmtree, cache_dir, True)
+        self._dynamic_lock = threading.Lock()
+        self._dynamic_client: dynamic.DynamicClient | None = None
+        self._cache_file = str(Path(cache_dir) / "discovery.json")
+        self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="kube")
+
+    @classmethod
+    def from_environment(cls, namespace: str, kubeconfig: str | None = None) -> "Kube":
+        return cls(load_api_client(kubeconfig), namespace)
+
+    @property
+    def dynamic(self) -> dynamic.DynamicClient:
+        # Discovery is a dozen requests: done once, on first use, not at import or start.
+        with self._dynamic_lock:
+            if self._dynamic_client is None:
+                try:
+                    self._dynamic_client = dynamic.DynamicClient(
+                        self.api_client, cache_file=self._cache_file
+                    )
+                except _CLIENT_ERRORS as err:
+                    raise _translate(err) from err
+            return self._dynamic_client
+
+    def _resource(self, kind: KindRef) -> Any:
+        try:
+            return self.dynamic.resources.get(api_version=kind.api_version, kind=kind.kind)
+        except _CLIENT_ERRORS as err:
+            raise _translate(err, kind=kind.kind) from err
+
+    def _call(self, fn: Callable[[], T], *, kind: str | None = None,
+              name: str | None = None) -> T:
+        try:
+            return fn()
+        except _CLIENT_ERRORS as err:
+            raise _translate(err, kind=kind, name=name) from err
+
+    # -- apply ---------------------------------------------------------------------------
+
+    def apply(self, bundle: Bundle) -> None:
+        """Apply every object, wave by wave; on any failure sweep the session and re-raise."""
+        try:
+            for wave in bundle.waves():
+                self._run_parallel(self._apply_one, wave)
+        except KubeError:
+            log.warning("apply failed part-way; sweeping the session's objects",
+                        extra={"session_id": bundle.session_id})
+            try:
+                self.delete(bundle.session_id, bundle.kinds())
+            except KubeError:
+                log.exception("sweep after a failed apply also failed; the reconciler will retry",
+                              extra={"session_id": bundle.session_id})
+            raise
+
+    def _apply_one(self, obj: dict[str, Any]) -> None:
+        kind = KindRef.of(obj)
+        resource = self._resource(kind)
+        name = obj["metadata"]["name"]
+        self._call(
+            lambda: resource.server_side_apply(
+                body=obj, name=name, namespace=self.namespace, field_manager=FIELD_MANAGER,
+                force_conflicts=True, _request_timeout=self.timeout,
+            ),
+            kind=kind.kind, name=name,
+        )
+
+    def _run_parallel(self, fn: Callable[[Any], None], items: Iterable[Any]) -> None:
+        items = list(items)
+        if len(items) == 1:
+            fn(items[0])
+            return
+        futures = [self._pool.submit(fn, item) for item in items]
+        errors = [f.exception() for f in futures]
+        for err in errors:
+            if err is not None:
+                raise err
+
+    # -- delete --------------------------------------------------------------------------
+
+    def delete(self, session_id: str, kinds: Iterable[KindRef]) -> None:
+        """Label-sweep every given kind, ScaledObject first; a missing object or kind is fine."""
+        names.check_session_id(session_id)
+        self.sweep(label_selector(session_id), kinds)
+
+    def sweep(self, selector: str, kinds: Iterable[KindRef]) -> None:
+        by_wave: dict[int, list[KindRef]] = {}
+        for kind in dict.fromkeys(kinds):
+            by_wave.setdefault(wave_of(kind.kind), []).append(kind)
+        for wave in sorted(by_wave, reverse=True):
+            self._run_parallel(lambda kind: self._sweep_kind(kind, selector), by_wave[wave])
+
+    def _sweep_kind(self, kind: KindRef, selector: str) -> None:
+        try:
+            resource = self._resource(kind)
+        except KubeNotFound:
+            return  # the kind is not served (CRD gone): nothing of it can exist
+        body = {"propagationPolicy": DELETE_PROPAGATION}
+        try:
+            self._call(
+                lambda: resource.delete(namespace=self.namespace, label_selector=selector,
+                                        body=body, _request_timeout=self.timeout),
+                kind=kind.kind,
+            )
+            return
+        except KubeNotFound:
+            return
+        except KubeError as err:
+            if err.api_status != 405:
+                raise
+        # No deletecollection for this kind (Services before 1.23): list, then delete each.
+        listing = self._call(
+            lambda: resource.get(namespace=self.namespace, label_selector=selector,
+                                 _request_timeout=self.timeout),
+            kind=kind.kind,
+        )
+        for item in listing.items:
+            name = item.metadata.name
+            try:
+                self._call(
+                    lambda: resource.delete(name=name, namespace=self.namespace, body=body,
+                                            _request_timeout=self.timeout),
+                    kind=kind.kind, name=name,
+                )
+            except KubeNotFound:
+                pass
+
+    def list_objects(self, kind: KindRef, selector: str) -> list[dict[str, Any]]:
+        try:
+            resource = self._resource(kind)
+        except KubeNotFound:
+            return []
+        listing = self._call(
+            lambda: resource.get(namespace=self.namespace, label_selector=selector,
+                                 _request_timeout=self.timeout),
+            kind=kind.kind,
+        )
+        return [item.to_dict() for item in listing.items]
+
+    # -- status and KEDA pause -----------------------------------------------------------
+
+    def deployment_state(self, session_id: str) -> DeploymentState:
+        apps = client.AppsV1Api(self.api_client)
+        name = names.object_name(session_id)
+        try:
+            deployment = self._call(
+                lambda: apps.read_namespaced_deployment(name, self.namespace,
+                                                        _request_timeout=self.timeout),
+                kind="Deployment", name=name,
+            )
+        except KubeNotFound:
+            return DeploymentState(exists=False)
+        return state_of_deployment(deployment.to_dict())
+
+    def set_paused(self, session_id: str, paused: bool) -> bool:
+        """Pause the session's ScaledObject at 0 replicas (KEDA >= 2.7), or resume it.
+
+        A JSON merge patch of one annotation, not part of the applied bundle, so re-applying
+        the bundle neither drops nor forces it. Returns what the API server stored (read back).
+        """
+        resource = self._resource(PAUSE_KIND)
+        name = names.object_name(session_id)
+        patch = {"metadata": {"annotations": {PAUSED_REPLICAS_ANNOTATION: "0" if paused else None}}}
+        stored = self._call(
+            lambda: resource.patch(body=patch, name=name, namespace=self.namespace,
+                                   content_type="application/merge-patch+json",
+                                   _request_timeout=self.timeout),
+            kind=PAUSE_KIND.kind, name=name,
+        )
+        annotations = stored.to_dict()["metadata"].get("annotations") or {}
+        return annotations.get(PAUSED_REPLICAS_ANNOTATION) == "0"
+
+    def is_paused(self, session_id: str) -> bool:
+        resource = self._resource(PAUSE_KIND)
+        name = names.object_name(session_id)
+        stored = self._call(
+            lambda: resource.get(name=name, namespace=self.namespace,
+                                 _request_timeout=self.timeout),
+            kind=PAUSE_KIND.kind, name=name,
+        )
+        annotations = stored.to_dict()["metadata"].get("annotations") or {}
+        return annotations.get(PAUSED_REPLICAS_ANNOTATION) == "0"
+
+    # -- watching ------------------------------------------------------------------------
+
+    def list_and_watch(self, kind: KindRef, *, selector: str, timeout_seconds: int = 60,
+                       stop: threading.Event | None = None) -> Iterator[tuple[str, dict]]:
+        """Yield (event type, object) forever: a LIST first (as ADDED), then WATCH events,
+        resuming from the last resourceVersion; a 410 Gone starts over with a fresh LIST."""
+        resource = self._resource(kind)
+        while stop is None or not stop.is_set():
+            listing = self._call(
+                lambda: resource.get(namespace=self.namespace, label_selector=selector,
+                                     _request_timeout=self.timeout),
+                kind=kind.kind,
+            )
+            for item in listing.items:
+                yield "ADDED", item.to_dict()
+            version = listing.metadata.resourceVersion
+            while stop is None or not stop.is_set():
+                watcher = watch.Watch()
+                try:
+                    for event in self.dynamic.watch(
+                        resource, namespace=self.namespace, label_selector=selector,
+                        resource_version=version, timeout=timeout_seconds, watcher=watcher,
+                    ):
+                        obj = event["raw_object"]
+                        if event["type"] == "ERROR":
+                            if obj.get("code") == 410:
+                                break
+                            raise KubeError(f"watch error: {obj.get('message')}")
+                        version = obj["metadata"]["resourceVersion"]
+                        yield event["type"], obj
+                        if stop is not None and stop.is_set():
+                            return
+                    else:
+                        continue  # the server ended the watch: resume from `version`
+                    break  # 410 Gone: list again
+                except ApiException as err:
+                    if err.status == 410:
+                        break
+                    raise _translate(err, kind=kind.kind) from err
+                except (urllib3.exceptions.HTTPError, OSError) as err:
+                    raise _translate(err, kind=kind.kind) from err
+                finally:
+                    watcher.stop()
+
+    # -- cluster setup (local runs and tests) --------------------------------------------
+
+    def install_crds(self, crds: list[dict[str, Any]], *, timeout_seconds: float = 30) -> None:
+        """Apply CustomResourceDefinitions and wait until each is Established."""
+        resource = self._resource(KindRef("apiextensions.k8s.io/v1",
+                                          "CustomResourceDefinition"))
+        for crd in crds:
+            name = crd["metadata"]["name"]
+            self._call(lambda: resource.server_side_apply(
+                body=crd, name=name, field_manager=FIELD_MANAGER, force_conflicts=True),
+                kind="CustomResourceDefinition", name=name)
+        deadline = time.monotonic() + timeout_seconds
+        for crd in crds:
+            name = crd["metadata"]["name"]
+            while True:
+                stored = self._call(lambda: resource.get(name=name).to_dict())
+                conditions = (stored.get("status") or {}).get("conditions") or []
+                if any(c["type"] == "Established" and c["status"] == "True"
+                       for c in conditions):
+                    break
+                if time.monotonic() > deadline:
+                    raise KubeError(f"CRD {name} not Established after {timeout_seconds}s")
+                time.sleep(0.1)
+        with self._dynamic_lock:
+            self._dynamic_client = None  # rediscover: the new kinds are served now
+
+    def ensure_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
+        resource = self._resource(KindRef("v1", "Namespace"))
+        body = {"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": name, "labels": labels or {}}}
+        self._call(lambda: resource.server_side_apply(
+            body=body, name=name, field_manager=FIELD_MANAGER, force_conflicts=True),
+            kind="Namespace", name=name)
+
+    # -- health --------------------------------------------------------------------------
+
+    def ping(self) -> str:
+        """The server's version; raises KubeUnavailable when it cannot be reached."""
+        version = client.VersionApi(self.api_client)
+        info = self._call(lambda: version.get_code(_request_timeout=3))
+        return str(info.git_version)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.api_client.close()
+
+
+def state_of_deployment(deployment: dict[str, Any]) -> DeploymentState:
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    metadata = deployment.get("metadata") or {}
+    return DeploymentState(
+        exists=True,
+        replicas=int(spec.get("replicas") or 0),
+        ready_replicas=int(status.get("readyReplicas") or status.get("ready_replicas") or 0),
+        resource_version=metadata.get("resourceVersion") or metadata.get("resource_version"),
+    )

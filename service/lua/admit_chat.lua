@@ -1,0 +1,47 @@
+-- Admit one chat message: dedupe by message_id, enforce the backlog cap, record it in the
+-- conversation, and either take the session's delivery lease to forward it straight to a ready
+-- pod (the message waits in the in-flight list meanwhile) or queue it for the worker.
+-- KEYS: record, queue, inflight, messages, message_ids, pending_index, lease, stats
+-- ARGV: id, message_id, message_json, now_ms, max_queued, max_kept, lease_token, lease_ms,
+--       allow_forward
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'gone'} end
+if status == 'terminating' then return {'terminating'} end
+local existing = redis.call('HGET', KEYS[5], ARGV[2])
+if existing then
+  return {'duplicate', existing, redis.call('HGET', KEYS[4], existing) or ''}
+end
+local backlog = redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3])
+if backlog >= tonumber(ARGV[5]) then return {'backlog', tostring(backlog)} end
+local seq = redis.call('HINCRBY', KEYS[1], 'msg_seq', 1)
+local message = cjson.decode(ARGV[3])
+message['seq'] = seq
+local envelope = cjson.encode({seq = seq, message_id = ARGV[2], session_id = ARGV[1]})
+local mode = 'queued'
+local now = tonumber(ARGV[4])
+if ARGV[9] == '1' and status == 'running' and backlog == 0
+    and redis.call('SET', KEYS[7], ARGV[7], 'NX', 'PX', ARGV[8]) then
+  mode = 'forward'
+  message['state'] = 'delivering'
+  message['attempts'] = 1
+  redis.call('RPUSH', KEYS[3], envelope)
+  -- If this process dies mid-forward, a worker redelivers once the lease has lapsed.
+  redis.call('ZADD', KEYS[6], now + tonumber(ARGV[8]), ARGV[1])
+else
+  message['state'] = 'queued'
+  message['attempts'] = 0
+  redis.call('LPUSH', KEYS[2], envelope)
+  redis.call('ZADD', KEYS[6], 'NX', now, ARGV[1])
+  redis.call('HINCRBY', KEYS[8], 'queued', 1)
+end
+redis.call('HSET', KEYS[4], seq, cjson.encode(message))
+redis.call('HSET', KEYS[5], ARGV[2], seq)
+local oldest = seq - tonumber(ARGV[6])
+if oldest > 0 then
+  local old = redis.call('HGET', KEYS[4], oldest)
+  if old then
+    redis.call('HDEL', KEYS[5], cjson.decode(old)['message_id'])
+    redis.call('HDEL', KEYS[4], oldest, oldest .. ':reply')
+  end
+end
+return {mode, tostring(seq), envelope, redis.call('HGET', KEYS[1], 'paused') or '0'}

@@ -1,0 +1,11 @@
+-- Remove every key and index entry of a session. Returns 1 when a record existed.
+-- KEYS: record, all_index, expiry_index, pending_index, status_index_prefix, then data keys
+-- ARGV: id, then every status name
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+for i = 2, #ARGV do redis.call('ZREM', KEYS[5] .. ARGV[i], ARGV[1]) end
+redis.call('DEL', KEYS[1])
+for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
+return existed

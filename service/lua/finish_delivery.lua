@@ -1,0 +1,44 @@
+-- End a delivery attempt. On success store the reply (once: a redelivery's reply does not
+-- overwrite it); on failure either keep the message in flight for a retry at retry_at_ms or,
+-- after max_attempts, mark it failed. Releases the lease and reschedules the session.
+-- KEYS: record, queue, inflight, messages, pending_index, lease, stats
+-- ARGV: id, envelope, lease_token, outcome ('delivered'|'failed'), reply_json_or_error,
+--       now_iso, now_ms, max_attempts, retry_at_ms
+local seq = cjson.decode(ARGV[2])['seq']
+local stored = redis.call('HGET', KEYS[4], seq)
+local retry_at = tonumber(ARGV[7])
+if stored then
+  local message = cjson.decode(stored)
+  if ARGV[4] == 'delivered' then
+    if message['state'] ~= 'delivered' then
+      message['state'] = 'delivered'
+      message['delivered_at'] = ARGV[6]
+      message['error'] = nil
+      redis.call('HSET', KEYS[4], seq .. ':reply', ARGV[5])
+      redis.call('HINCRBY', KEYS[7], 'delivered', 1)
+    end
+    redis.call('LREM', KEYS[3], 0, ARGV[2])
+  elseif (message['attempts'] or 0) >= tonumber(ARGV[8]) then
+    message['state'] = 'failed'
+    message['error'] = ARGV[5]
+    message['failed_at'] = ARGV[6]
+    redis.call('LREM', KEYS[3], 0, ARGV[2])
+    redis.call('HINCRBY', KEYS[7], 'failed', 1)
+  else
+    message['state'] = 'queued'
+    message['error'] = ARGV[5]
+    retry_at = tonumber(ARGV[9])
+  end
+  redis.call('HSET', KEYS[4], seq, cjson.encode(message))
+else
+  redis.call('LREM', KEYS[3], 0, ARGV[2])
+end
+if redis.call('GET', KEYS[6]) == ARGV[3] then redis.call('DEL', KEYS[6]) end
+if redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3]) > 0
+    and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('ZADD', KEYS[5], retry_at, ARGV[1])
+else
+  redis.call('ZREM', KEYS[5], ARGV[1])
+end
+local message = redis.call('HGET', KEYS[4], seq)
+return message or ''

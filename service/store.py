@@ -1,0 +1,436 @@
+"""Redis: the only module that knows key names.
+
+Session records are hashes with a TTL refreshed on activity. Indexes are sorted sets scored by
+a creation counter (so `/sessions` pages by cursor and `/metrics` reads ZCARDs: O(1)/O(log n)
+in the number of sessions, never a keyspace scan). Every multi-key change is one Lua script.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import redis
+
+from . import names
+from .errors import RedisUnavailable
+
+STATUSES = ("created", "waking", "running", "sleeping", "failed", "terminating")
+ACTIVE_STATUSES = ("created", "waking", "running")
+
+_P = "sm:"
+ALL_INDEX = _P + "all"  # every session, by creation order
+STATUS_INDEX_PREFIX = _P + "st:"  # + status: sessions in that status
+EXPIRY_INDEX = _P + "exp"  # score = when the record expires (epoch s); the reaper reads it
+PENDING_INDEX = _P + "pending"  # sessions with undelivered messages; score = due (epoch ms)
+CREATED_SEQ = _P + "seq"
+STATS = _P + "stats"  # message counters for /metrics
+
+_LUA = Path(__file__).resolve().parent / "lua"
+# Errors that mean "Redis cannot be reached now" (503); any other RedisError is a bug (500).
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError)
+
+
+def record_key(session_id: str) -> str:
+    return f"{_P}s:{session_id}"
+
+
+def queue_key(session_id: str) -> str:
+    """The list KEDA's first redis trigger watches: queued messages."""
+    return f"{_P}q:{session_id}"
+
+
+def activity_key(session_id: str) -> str:
+    """A one-member set with a TTL, KEDA's second trigger: 'recently active'."""
+    return f"{_P}a:{session_id}"
+
+
+def keda_keys(session_id: str) -> dict[str, str]:
+    """The Redis keys the session's ScaledObject reads, for bundle rendering."""
+    return {"queue_key": queue_key(session_id), "activity_key": activity_key(session_id)}
+
+
+def _inflight_key(session_id: str) -> str:
+    return f"{_P}f:{session_id}"
+
+
+def _messages_key(session_id: str) -> str:
+    return f"{_P}m:{session_id}"
+
+
+def _message_ids_key(session_id: str) -> str:
+    return f"{_P}mi:{session_id}"
+
+
+def _lease_key(name: str) -> str:
+    return f"{_P}lease:{name}"
+
+
+def _delivery_lease(session_id: str) -> str:
+    return _lease_key(f"deliver:{session_id}")
+
+
+def _reservation_key(session_id: str) -> str:
+    return f"{_P}res:{session_id}"
+
+
+def _idempotency_key(scope: str) -> str:
+    return f"{_P}idem:{hashlib.sha256(scope.encode()).hexdigest()}"
+
+
+def _data_keys(session_id: str) -> list[str]:
+    return [queue_key(session_id), _inflight_key(session_id), _messages_key(session_id),
+            _message_ids_key(session_id)]
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _decode(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Store:
+    def __init__(self, client: redis.Redis, *, session_ttl_seconds: int,
+                 activity_ttl_seconds: int) -> None:
+        self.redis = client
+        self.session_ttl = session_ttl_seconds
+        self.activity_ttl = activity_ttl_seconds
+        self._scripts = {
+            path.stem: client.register_script(path.read_text()) for path in _LUA.glob("*.lua")
+        }
+
+    @classmethod
+    def from_url(cls, url: str, *, socket_timeout_seconds: float, session_ttl_seconds: int,
+                 activity_ttl_seconds: int) -> "Store":
+        client = redis.Redis.from_url(
+            url, socket_timeout=socket_timeout_seconds,
+            socket_connect_timeout=socket_timeout_seconds, health_check_interval=30,
+            decode_responses=True,
+        )
+        return cls(client, session_ttl_seconds=session_ttl_seconds,
+                   activity_ttl_seconds=activity_ttl_seconds)
+
+    def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return self._scripts[script](keys=keys, args=args)
+        except UNAVAILABLE as err:
+            raise _unavailable(err) from err
+
+    def ping(self) -> None:
+        try:
+            self.redis.ping()
+        except UNAVAILABLE as err:
+            raise _unavailable(err) from err
+
+    # -- sessions ------------------------------------------------------------------------
+
+    def reserve_id(self, *, seconds: int = 600) -> str:
+        """A fresh id no record or other create holds; the reservation marks a create in
+        progress (the reconciler leaves such bundles alone)."""
+        for _ in range(8):
+            session_id = names.new_session_id()
+            try:
+                if self.redis.exists(record_key(session_id)):
+                    continue
+                if self.redis.set(_reservation_key(session_id), "1", nx=True, ex=seconds):
+                    return session_id
+            except UNAVAILABLE as err:
+                raise _unavailable(err) from err
+        raise RuntimeError("could not allocate a unique session id")
+
+    def release_id(self, session_id: str) -> None:
+        self._call(self.redis.delete, _reservation_key(session_id))
+
+    def is_reserved(self, session_id: str) -> bool:
+        return bool(self._call(self.redis.exists, _reservation_key(session_id)))
+
+    def create_session(self, session_id: str, *, user_id: str, token_hash: str,
+                       now: datetime) -> dict[str, str]:
+        fields = {
+            "user_id": user_id, "status": "created", "reason": "", "created_at": iso(now),
+            "last_activity": iso(now), "token": token_hash, "paused": "0",
+            "replicas": "0", "ready_replicas": "0",
+        }
+        flat = [item for pair in fields.items() for item in pair]
+        created = self._run(
+            "create_session",
+            [record_key(session_id), ALL_INDEX, STATUS_INDEX_PREFIX + "created", EXPIRY_INDEX,
+             activity_key(session_id), _reservation_key(session_id), CREATED_SEQ],
+            [session_id, self.session_ttl, self.activity_ttl,
+             int(now.timestamp()) + self.session_ttl, *flat],
+        )
+        if not created:
+            raise RuntimeError(f"session {session_id} already exists")
+        return fields
+
+    def get_session(self, session_id: str) -> dict[str, str] | None:
+        record = self._call(self.redis.hgetall, record_key(session_id))
+        return record or None
+
+    def set_status(self, session_id: str, status: str, *, reason: str = "",
+                   **fields: Any) -> str | None:
+        """Returns the previous status, or None when the record is gone. A terminating session
+        stays terminating."""
+        assert status in STATUSES, status
+        extra = [item for key, value in fields.items() for item in (key, str(value))]
+        old = self._run("set_status", [record_key(session_id), STATUS_INDEX_PREFIX],
+                        [session_id, status, reason, *extra])
+        return old or None
+
+    def touch(self, session_id: str, *, activity_ttl_seconds: int | None = None) -> bool:
+        """Mark activity: refresh TTLs and the activity key KEDA reads."""
+        now = utc_now()
+        ttl = self.activity_ttl if activity_ttl_seconds is None else activity_ttl_seconds
+        return bool(self._run(
+            "touch",
+            [record_key(session_id), EXPIRY_INDEX, activity_key(session_id),
+             *_data_keys(session_id)],
+            [session_id, iso(now), self.session_ttl, int(now.timestamp()) + self.session_ttl,
+             ttl],
+        ))
+
+    def clear_activity(self, session_id: str) -> None:
+        self._call(self.redis.delete, activity_key(session_id))
+
+    def activity_ttl_left(self, session_id: str) -> int:
+        """Seconds until KEDA stops counting the session as active (-2: not active)."""
+        return int(self._call(self.redis.ttl, activity_key(session_id)))
+
+    def set_paused(self, session_id: str, paused: bool) -> None:
+        self._call(self.redis.hset, record_key(session_id), "paused", "1" if paused else "0")
+
+    def delete_session(self, session_id: str) -> bool:
+        return bool(self._run(
+            "delete_session",
+            [record_key(session_id), ALL_INDEX, EXPIRY_INDEX, PENDING_INDEX,
+             STATUS_INDEX_PREFIX, activity_key(session_id), _delivery_lease(session_id),
+             *_data_keys(session_id)],
+            [session_id, *STATUSES],
+        ))
+
+    def list_sessions(self, *, status: str | None, limit: int,
+                      cursor: int | None) -> tuple[list[tuple[str, dict[str, str]]], int | None]:
+        """One page in creation order; the cursor is the last entry's creation counter."""
+        index = ALL_INDEX if status is None else STATUS_INDEX_PREFIX + status
+        low = "-inf" if cursor is None else f"({cursor}"
+        try:
+            entries = self.redis.zrangebyscore(index, low, "+inf", start=0, num=limit + 1,
+                                               withscores=True)
+            page = entries[:limit]
+            pipe = self.redis.pipeline(transaction=False)
+            for session_id, _ in page:
+                pipe.hgetall(record_key(session_id))
+            records = pipe.execute()
+        except UNAVAILABLE as err:
+            raise _unavailable(err) from err
+        # Records that expired but are not reaped yet are skipped, not shown half-empty.
+        sessions = [(sid, rec) for (sid, _), rec in zip(page, records) if rec]
+        next_cursor = int(page[-1][1]) if len(entries) > limit else None
+        return sessions, next_cursor
+
+    def counts(self) -> dict[str, int]:
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zcard(ALL_INDEX)
+            for status in STATUSES:
+                pipe.zcard(STATUS_INDEX_PREFIX + status)
+            pipe.zcard(PENDING_INDEX)
+            pipe.hgetall(STATS)
+            total, *by_status, pending, stats = pipe.execute()
+        except UNAVAILABLE as err:
+            raise _unavailable(err) from err
+        counts = {"total": total, "sessions_with_pending_messages": pending}
+        counts.update(dict(zip(STATUSES, by_status)))
+        for name in ("queued", "delivered", "failed", "forwarded"):
+            counts[f"messages_{name}"] = int(stats.get(name, 0))
+        return counts
+
+    def count_forwarded(self) -> None:
+        self._call(self.redis.hincrby, STATS, "forwarded", 1)
+
+    def expired_ids(self, *, now: float, limit: int = 100) -> list[str]:
+        """Ids whose record TTL has passed (the record is gone, the index entry is not)."""
+        ids = self._call(self.redis.zrangebyscore, EXPIRY_INDEX, "-inf", int(now),
+                         start=0, num=limit)
+        return [sid for sid in ids if not self._call(self.redis.exists, record_key(sid))]
+
+    def known_ids(self, ids: list[str]) -> set[str]:
+        """Which of these ids have a record or a create in progress."""
+        if not ids:
+            return set()
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for sid in ids:
+                pipe.exists(record_key(sid), _reservation_key(sid))
+            found = pipe.execute()
+        except UNAVAILABLE as err:
+            raise _unavailable(err) from err
+        return {sid for sid, n in zip(ids, found) if n}
+
+    def iter_ids(self, *, batch: int = 500) -> Iterator[str]:
+        cursor = None
+        while True:
+            page, cursor = self.list_ids_page(cursor, batch)
+            yield from page
+            if cursor is None:
+                return
+
+    def list_ids_page(self, cursor: int | None, limit: int) -> tuple[list[str], int | None]:
+        low = "-inf" if cursor is None else f"({cursor}"
+        entries = self._call(self.redis.zrangebyscore, ALL_INDEX, low, "+inf", start=0,
+                             num=limit + 1, withscores=True)
+        page = entries[:limit]
+        return [sid for sid, _ in page], (int(page[-1][1]) if len(entries) > limit else None)
+
+    # -- idempotent create ---------------------------------------------------------------
+
+    def begin_idempotent(self, scope: str, *, ttl_seconds: int) -> dict | None | bool:
+        """None: first use (now marked pending); False: another request holds it;
+        a dict: the stored response of the finished create."""
+        key = _idempotency_key(scope)
+        try:
+            if self.redis.set(key, "pending", nx=True, ex=ttl_seconds):
+                return None
+            stored = self.redis.get(key)
+        except UNAVAILABLE as err:
+            raise _unavailable(err) from err
+        if stored is None or stored == "pending":
+            return False
+        return json.loads(stored)
+
+    def finish_idempotent(self, scope: str, response: dict | None, *, ttl_seconds: int) -> None:
+        key = _idempotency_key(scope)
+        if response is None:
+            self._call(self.redis.delete, key)
+        else:
+            self._call(self.redis.set, key, json.dumps(response), ex=ttl_seconds)
+
+    # -- chat and delivery ---------------------------------------------------------------
+
+    def admit_chat(self, session_id: str, *, message_id: str, message: dict,
+                   max_queued: int, max_kept: int, allow_forward: bool,
+                   lease_seconds: int) -> tuple[str, dict]:
+        """Returns (mode, info): mode is forward|queued|duplicate|backlog|gone|terminating."""
+        token = secrets.token_hex(8)
+        result = self._run(
+            "admit_chat",
+            [record_key(session_id), queue_key(session_id), _inflight_key(session_id),
+             _messages_key(session_id), _message_ids_key(session_id), PENDING_INDEX,
+             _delivery_lease(session_id), STATS],
+            [session_id, message_id, json.dumps(message), _now_ms(), max_queued, max_kept,
+             token, lease_seconds * 1000, "1" if allow_forward else "0"],
+        )
+        mode = result[0]
+        if mode in ("forward", "queued"):
+            return mode, {"seq": int(result[1]), "envelope": result[2],
+                          "paused": result[3] == "1", "lease_token": token}
+        if mode == "duplicate":
+            return mode, {"seq": int(result[1]),
+                          "message": json.loads(result[2]) if result[2] else {}}
+        if mode == "backlog":
+            return mode, {"backlog": int(result[1])}
+        return mode, {}
+
+    def claim_delivery(self, session_id: str, *, lease_seconds: int) -> dict | None:
+        token = secrets.token_hex(8)
+        result = self._run(
+            "claim_delivery",
+            [record_key(session_id), queue_key(session_id), _inflight_key(session_id),
+             _messages_key(session_id), PENDING_INDEX, _delivery_lease(session_id)],
+            [session_id, token, lease_seconds * 1000, _now_ms()],
+        )
+        if result[0] != "claimed":
+            return None
+        return {"envelope": result[1], "message": json.loads(result[2]), "lease_token": token}
+
+    def finish_delivery(self, session_id: str, *, envelope: str, lease_token: str,
+                        delivered: bool, reply_or_error: str, max_attempts: int,
+                        retry_in_seconds: float) -> dict:
+        now = _now_ms()
+        stored = self._run(
+            "finish_delivery",
+            [record_key(session_id), queue_key(session_id), _inflight_key(session_id),
+             _messages_key(session_id), PENDING_INDEX, _delivery_lease(session_id), STATS],
+            [session_id, envelope, lease_token, "delivered" if delivered else "failed",
+             reply_or_error, iso(utc_now()), now, max_attempts,
+             now + int(retry_in_seconds * 1000)],
+        )
+        return json.loads(stored) if stored else {}
+
+    def due_sessions(self, *, limit: int = 100) -> list[str]:
+        return self._call(self.redis.zrangebyscore, PENDING_INDEX, "-inf", _now_ms(),
+                          start=0, num=limit)
+
+    def queue_length(self, session_id: str) -> int:
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.llen(queue_key(session_id))
+            pipe.llen(_inflight_key(session_id))
+            queued, inflight = pipe.execute()
+        except UNAVAILABLE as err:
+            raise _unavailable(err) from err
+        return int(queued) + int(inflight)
+
+    def list_messages(self, session_id: str, *, after: int, limit: int,
+                      max_kept: int) -> tuple[list[dict], int | None]:
+        last = int(self._call(self.redis.hget, record_key(session_id), "msg_seq") or 0)
+        first = max(after + 1, last - max_kept + 1, 1)
+        seqs = list(range(first, min(last, first + limit - 1) + 1))
+        if not seqs:
+            return [], None
+        fields = [f for seq in seqs for f in (str(seq), f"{seq}:reply")]
+        values = self._call(self.redis.hmget, _messages_key(session_id), fields)
+        messages = []
+        for index in range(0, len(values), 2):
+            stored, reply = values[index], values[index + 1]
+            if stored is None:
+                continue
+            message = json.loads(stored)
+            message["reply"] = json.loads(reply) if reply else None
+            messages.append(message)
+        return messages, (seqs[-1] if seqs[-1] < last else None)
+
+    # -- leases (worker coordination) ----------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, *, seconds: int) -> bool:
+        """Take or renew a named lease; True while `holder` has it."""
+        key = _lease_key(name)
+        try:
+            if self.redis.set(key, holder, nx=True, ex=seconds):
+                return True
+            if self.redis.get(key) == holder:
+                self.redis.expire(key, seconds)
+                return True
+            return False
+        except UNAVAILABLE as err:
+            raise _unavailable(err) from err
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UNAVAILABLE as err:
+            raise _unavailable(err) from err
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _unavailable(err: Exception) -> RedisUnavailable:
+    # The client's message can carry the URL; keep only the error's type.
+    return RedisUnavailable(f"Redis is unavailable ({type(err).__name__})")
