@@ -40,9 +40,24 @@ VERBS = {
     "sweep": ("deletecollection", "list", "delete"),  # list + delete is the 405 fallback
     "status": ("get",),
     "watch": ("list", "watch"),
+    "pause": ("get", "patch"),
 }
-WATCHED_KINDS = (KindRef("apps/v1", "Deployment"), KindRef("v1", "Pod"))
+DEPLOYMENT_KIND = KindRef("apps/v1", "Deployment")
+WATCHED_KINDS = (DEPLOYMENT_KIND, KindRef("v1", "Pod"))
 PAUSE_KIND = KindRef("keda.sh/v1alpha1", "ScaledObject")
+
+
+def required_permissions(bundle_kinds: Iterable[KindRef]) -> dict[KindRef, set[str]]:
+    """Every (kind, verb) the service and worker use in the sessions namespace: the Role in
+    k8s-manifests must grant exactly these."""
+    permissions: dict[KindRef, set[str]] = {}
+    for kind in bundle_kinds:
+        permissions.setdefault(kind, set()).update(VERBS["apply"], VERBS["sweep"])
+    for kind in WATCHED_KINDS:
+        permissions.setdefault(kind, set()).update(VERBS["watch"])
+    permissions.setdefault(DEPLOYMENT_KIND, set()).update(VERBS["status"])
+    permissions.setdefault(PAUSE_KIND, set()).update(VERBS["pause"])
+    return permissions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +77,9 @@ def _translate(err: Exception, *, kind: str | None = None, name: str | None = No
         message = f"{kind or 'object'} {name or ''}: {status} {reason}".strip()
         if status == 404:
             return KubeNotFound(message, api_status=status, kind=kind, name=name)
-        if status in (400, 422):
+        # 1.20 answers 500 "failed to create typed patch object" to a server-side apply whose
+        # body does not match the schema; later versions say 422. Either way: a bad object.
+        if status in (400, 422) or (status == 500 and "typed patch object" in reason):
             return KubeRejected(message, api_status=status, kind=kind, name=name)
         if status in (429, 500, 502, 503, 504):
             return KubeUnavailable(message, api_status=status, kind=kind, name=name)

@@ -148,11 +148,11 @@ class KubeApiServer:
         self._etcd_data = data
         log = self.workdir / "etcd.log"
         url = f"http://127.0.0.1:{self.etcd_port}"
-        process = subprocess.Popen(
+        process = _spawn(
             [self.etcd_binary, "--data-dir", str(data), "--listen-client-urls", url,
              "--advertise-client-urls", url, "--listen-peer-urls",
              f"http://127.0.0.1:{free_port()}", "--log-level", "error"],
-            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            log,
         )
         self.processes.append(process)
         _wait(lambda: _http_ok(f"{url}/health"), timeout=20, what="etcd", process=process,
@@ -167,7 +167,7 @@ class KubeApiServer:
         tokens = self.workdir / "tokens.csv"
         tokens.write_text(f'{self.token},admin,admin,"system:masters"\n')
         log = self.workdir / "kube-apiserver.log"
-        process = subprocess.Popen(
+        process = _spawn(
             [self.binary,
              f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
              "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
@@ -182,7 +182,7 @@ class KubeApiServer:
              "--allow-privileged=true",
              "--enable-priority-and-fairness=false",
              "--v=0"],
-            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            log,
         )
         self.processes.append(process)
         self._ca = certs / "apiserver.crt"
@@ -222,6 +222,12 @@ class KubeApiServer:
                     process.wait()
         self.processes.clear()
         shutil.rmtree(getattr(self, "_etcd_data", ""), ignore_errors=True)
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen:
+    """Start a server with its output in `log`; the parent closes its copy of the file."""
+    with log.open("wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _http_ok(url: str) -> bool:

@@ -37,7 +37,7 @@ def new_session_id() -> str:
 
 
 def is_session_id(value: str) -> bool:
-    return bool(SESSION_ID_PATTERN.match(value))
+    return bool(SESSION_ID_PATTERN.fullmatch(value))
 
 
 def check_session_id(value: str) -> None:
@@ -51,17 +51,17 @@ def object_name(session_id: str) -> str:
 
 
 def check_dns_label(value: str) -> None:
-    if len(value) > 63 or not _DNS_LABEL.match(value):
+    if len(value) > 63 or not _DNS_LABEL.fullmatch(value):
         raise ValueError("must be a DNS-1035 label: a-z, 0-9 and '-', start with a letter, <= 63")
 
 
 def check_dns_1123_label(value: str) -> None:
-    if len(value) > 63 or not _DNS_1123_LABEL.match(value):
+    if len(value) > 63 or not _DNS_1123_LABEL.fullmatch(value):
         raise ValueError("must be a DNS-1123 label: a-z, 0-9 and '-', <= 63 characters")
 
 
 def check_dns_subdomain(value: str) -> None:
-    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+    if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
         raise ValueError("must be a DNS-1123 subdomain: a-z, 0-9, '-' and '.', <= 253")
 
 
@@ -70,15 +70,15 @@ def check_hostname(value: str) -> None:
 
 
 def check_secret_key(value: str) -> None:
-    if len(value) > 253 or not _SECRET_KEY.match(value):
+    if len(value) > 253 or not _SECRET_KEY.fullmatch(value):
         raise ValueError("must be a Secret key: letters, digits, '-', '_' and '.'")
 
 
 def check_quantity(value: str) -> None:
-    if not _QUANTITY.match(value):
+    if not _QUANTITY.fullmatch(value):
         raise ValueError("must be a Kubernetes quantity such as 250m or 256Mi")
 
 
 def check_image(value: str) -> None:
-    if len(value) > 512 or not _IMAGE.match(value):
+    if len(value) > 512 or not _IMAGE.fullmatch(value):
         raise ValueError("must be an image reference such as registry.example/agent:1.2.3")

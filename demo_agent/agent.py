@@ -1,0 +1,144 @@
+"""A small session pod implementing the pod contract (SPEC §7), standard library only.
+
+    POST /chat  {"message", "message_id", "session_id"} -> {"reply", "message_id", ...}
+    GET  /healthz                                       -> 200 when ready
+
+Replies are deduplicated by (session_id, message_id): a redelivered message gets the reply it
+got the first time and is not processed again. With AGENT_STATE_FILE set, the replies and a
+log of every delivery survive a restart (the tests kill the agent mid-delivery);
+GET /deliveries returns that log.
+
+Environment: PORT (default 1111), AGENT_HOST (default 0.0.0.0), SESSION_ID, AGENT_DELAY_SECONDS (time spent "thinking"),
+AGENT_STATE_FILE. A message starting with "fail:" answers 500, to exercise retries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_REMEMBERED = 10000
+
+
+class AgentState:
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.replies: dict[str, dict] = {}
+        self.deliveries: list[dict] = []
+        if path and os.path.exists(path):
+            with open(path, encoding="utf-8") as handle:
+                saved = json.load(handle)
+            self.replies = saved.get("replies", {})
+            self.deliveries = saved.get("deliveries", [])
+
+    def record_delivery(self, session_id: str, message_id: str) -> None:
+        with self.lock:
+            self.deliveries.append({"session_id": session_id, "message_id": message_id,
+                                    "at": time.time()})
+            self._save()
+
+    def reply_for(self, key: str) -> dict | None:
+        with self.lock:
+            return self.replies.get(key)
+
+    def remember(self, key: str, reply: dict) -> None:
+        with self.lock:
+            self.replies[key] = reply
+            while len(self.replies) > MAX_REMEMBERED:
+                self.replies.pop(next(iter(self.replies)))
+            self._save()
+
+    def _save(self) -> None:
+        if not self.path:
+            return
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump({"replies": self.replies, "deliveries": self.deliveries[-MAX_REMEMBERED:]},
+                      handle)
+        os.replace(tmp, self.path)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "demo-agent/0.1"
+    state: AgentState
+    delay_seconds = 0.0
+    session_id = ""
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+        pass  # one line per request would drown the test output
+
+    def _send(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        if self.path == "/healthz":
+            self._send(200, {"status": "ok"})
+        elif self.path == "/deliveries":
+            with self.state.lock:
+                self._send(200, {"deliveries": list(self.state.deliveries)})
+        else:
+            self._send(404, {"error": "not found"})
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        if self.path != "/chat":
+            self._send(404, {"error": "not found"})
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length <= 0 or length > MAX_BODY_BYTES:
+            self._send(400, {"error": "send a JSON body"})
+            return
+        try:
+            body = json.loads(self.rfile.read(length))
+            message = str(body["message"])
+            message_id = str(body["message_id"])
+            session_id = str(body.get("session_id") or self.session_id)
+        except (ValueError, KeyError, TypeError):
+            self._send(400, {"error": "expected {message, message_id, session_id}"})
+            return
+        self.state.record_delivery(session_id, message_id)
+        key = f"{session_id}/{message_id}"
+        cached = self.state.reply_for(key)
+        if cached is not None:
+            self._send(200, {**cached, "duplicate": True})
+            return
+        if self.delay_seconds:
+            time.sleep(self.delay_seconds)
+        if message.startswith("fail:"):
+            self._send(500, {"error": "the agent failed on purpose"})
+            return
+        reply = {"reply": f"echo: {message}", "message_id": message_id,
+                 "session_id": session_id, "pid": os.getpid()}
+        self.state.remember(key, reply)
+        self._send(200, reply)
+
+
+def main() -> None:
+    port = int(os.environ.get("PORT") or 1111)
+    Handler.state = AgentState(os.environ.get("AGENT_STATE_FILE") or None)
+    Handler.delay_seconds = float(os.environ.get("AGENT_DELAY_SECONDS") or 0)
+    Handler.session_id = os.environ.get("SESSION_ID", "")
+    host = os.environ.get("AGENT_HOST") or "0.0.0.0"  # noqa: S104 - a pod serves its IP
+    server = ThreadingHTTPServer((host, port), Handler)
+    print(json.dumps({"message": "demo agent listening", "port": port}), flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Fixtures starting the real parts: redis-server, etcd + kube-apiserver, the demo agent.
+
+One API server and one Redis per test session; each test gets its own namespace and a
+flushed Redis. A missing binary is an error, never a skip: these layers are the point.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from service import localcluster, store as store_module
+from service.config import REPO_ROOT, Settings
+from service.kube import Kube, load_api_client
+
+API_KEY = "test-api-key-0123456789abcdef"
+_namespaces = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def apiserver(tmp_path_factory: pytest.TempPathFactory) -> localcluster.KubeApiServer:
+    server = localcluster.KubeApiServer(tmp_path_factory.mktemp("apiserver")).start()
+    try:
+        admin = Kube(load_api_client(str(server.kubeconfig)), "default")
+        admin.install_crds(localcluster.keda_crds())
+        admin.close()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> localcluster.RedisServer:
+    server = localcluster.RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def namespace(apiserver: localcluster.KubeApiServer) -> str:
+    name = f"t{os.getpid()}-{next(_namespaces)}"
+    admin = Kube(load_api_client(str(apiserver.kubeconfig)), name)
+    admin.ensure_namespace(name)
+    admin.close()
+    return name
+
+
+@pytest.fixture
+def kube(apiserver: localcluster.KubeApiServer, namespace: str) -> Kube:
+    client = Kube(load_api_client(str(apiserver.kubeconfig)), namespace)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(namespace: str, redis_server: localcluster.RedisServer) -> Settings:
+    return Settings(
+        api_keys=(API_KEY,),
+        namespace=namespace,
+        redis_url=redis_server.url,
+        pod_url_template="http://127.0.0.1:1/unused",
+    )
+
+
+@pytest.fixture
+def store(settings: Settings, redis_server: localcluster.RedisServer) -> store_module.Store:
+    if redis_server.process is None:
+        redis_server.start()  # a previous test stopped it
+    client = store_module.Store.from_url(
+        settings.redis_url, socket_timeout_seconds=2, session_ttl_seconds=settings.session_ttl_seconds,
+        activity_ttl_seconds=settings.activity_ttl_seconds,
+    )
+    client.redis.flushall()
+    yield client
+    client.redis.close()
+
+
+class DemoAgent:
+    """The repo's demo agent as a real process on a random loopback port."""
+
+    def __init__(self, workdir: Path, *, delay_seconds: float = 0) -> None:
+        self.port = localcluster.free_port()
+        self.state_file = workdir / "agent-state.json"
+        self.delay_seconds = delay_seconds
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "DemoAgent":
+        env = {**os.environ, "PORT": str(self.port), "AGENT_HOST": "127.0.0.1",
+               "AGENT_STATE_FILE": str(self.state_file),
+               "AGENT_DELAY_SECONDS": str(self.delay_seconds)}
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "demo_agent" / "agent.py")], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=0.5).ok:
+                    return self
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("demo agent did not start")
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+    def deliveries(self) -> list[dict]:
+        return requests.get(f"{self.url}/deliveries", timeout=5).json()["deliveries"]
+
+
+@pytest.fixture
+def demo_agent(tmp_path: Path) -> DemoAgent:
+    agent = DemoAgent(tmp_path).start()
+    yield agent
+    agent.kill()
+
+
+@pytest.fixture
+def make_agent(tmp_path: Path):
+    agents: list[DemoAgent] = []
+
+    def make(**kwargs) -> DemoAgent:
+        agent = DemoAgent(tmp_path, **kwargs)
+        agents.append(agent)
+        return agent
+
+    yield make
+    for agent in agents:
+        agent.kill()
+
+
+def mark_deployment_ready(kube: Kube, session_id: str, ready: int = 1, replicas: int = 1) -> None:
+    """Nothing runs controllers here: write the status a kubelet + controller would."""
+    from kubernetes import client as k8s  # tests may use the client to play the cluster
+
+    apps = k8s.AppsV1Api(kube.api_client)
+    name = f"session-{session_id}"
+    apps.patch_namespaced_deployment_scale(name, kube.namespace, {"spec": {"replicas": replicas}})
+    apps.patch_namespaced_deployment_status(
+        name, kube.namespace,
+        {"status": {"replicas": replicas, "readyReplicas": ready, "availableReplicas": ready,
+                    "updatedReplicas": replicas}},
+    )
+
+
+def wait_for(predicate, *, timeout: float = 10, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+__all__ = ["API_KEY", "DemoAgent", "mark_deployment_ready", "wait_for", "store_module"]
