@@ -8,8 +8,9 @@ got the first time and is not processed again. With AGENT_STATE_FILE set, the re
 log of every delivery survive a restart (the tests kill the agent mid-delivery);
 GET /deliveries returns that log.
 
-Environment: PORT (default 1111), AGENT_HOST (default 0.0.0.0), SESSION_ID, AGENT_DELAY_SECONDS (time spent "thinking"),
-AGENT_STATE_FILE. A message starting with "fail:" answers 500, to exercise retries.
+Environment: PORT (default 1111), AGENT_HOST (default 0.0.0.0), SESSION_ID,
+AGENT_DELAY_SECONDS (time spent "thinking"), AGENT_STATE_FILE. A message starting with "fail:"
+answers 500, to exercise retries.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class Handler(BaseHTTPRequestHandler):
     delay_seconds = 0.0
     session_id = ""
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: object) -> None:
         pass  # one line per request would drown the test output
 
     def _send(self, status: int, body: dict) -> None:
@@ -81,7 +82,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         if self.path == "/healthz":
             self._send(200, {"status": "ok"})
         elif self.path == "/deliveries":
@@ -90,7 +91,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, {"error": "not found"})
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+    def do_POST(self) -> None:
         if self.path != "/chat":
             self._send(404, {"error": "not found"})
             return

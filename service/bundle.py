@@ -8,8 +8,9 @@ template cannot forget them and a new template (a PVC, a NetworkPolicy) needs no
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import jinja2
 import yaml
@@ -56,7 +57,7 @@ class KindRef:
     kind: str
 
     @classmethod
-    def of(cls, obj: dict[str, Any]) -> "KindRef":
+    def of(cls, obj: dict[str, Any]) -> KindRef:
         return cls(obj["apiVersion"], obj["kind"])
 
 

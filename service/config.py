@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping, TypeVar
+from typing import TypeVar
 from urllib.parse import quote
 
 from limits import parse as parse_rate_limit
@@ -64,8 +65,8 @@ class Settings:
     keda_initial_cooldown_period_seconds: int = 120
     keda_redis_host: str = "redis.session-manager.svc.cluster.local"
     keda_redis_port: int = 6379
-    redis_secret_name: str = "redis-credentials"
-    redis_secret_key: str = "password"
+    redis_secret_name: str = "redis-credentials"  # noqa: S105 - a Secret's name
+    redis_secret_key: str = "password"  # noqa: S105 - a key inside that Secret
     pod_url_template: str = "http://{name}.{namespace}.svc.cluster.local:80"
     pod_timeout_seconds: float = 30.0
     max_body_bytes: int = 64 * 1024
@@ -91,7 +92,7 @@ class Settings:
         return max(1, self.idle_timeout_seconds - self.keda_cooldown_period_seconds)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         read = _Reader(env)
         defaults = cls()
@@ -102,7 +103,9 @@ class Settings:
             ),
             session_ttl_seconds=read.number("SESSION_TTL", defaults.session_ttl_seconds),
             idle_timeout_seconds=read.number("IDLE_TIMEOUT", defaults.idle_timeout_seconds),
-            user_pod_image=read.checked("USER_POD_IMAGE", defaults.user_pod_image, names.check_image),
+            user_pod_image=read.checked(
+                "USER_POD_IMAGE", defaults.user_pod_image, names.check_image
+            ),
             user_pod_port=read.number("USER_POD_PORT", defaults.user_pod_port, maximum=65535),
             user_pod_cpu_request=read.checked(
                 "USER_POD_CPU_REQUEST", defaults.user_pod_cpu_request, names.check_quantity
@@ -206,7 +209,7 @@ class Settings:
                 f"({self.keda_cooldown_period_seconds} >= {self.idle_timeout_seconds})"
             )
 
-    def replace(self, **changes: object) -> "Settings":
+    def replace(self, **changes: object) -> Settings:
         settings = dataclasses.replace(self, **changes)  # type: ignore[arg-type]
         settings.check()
         return settings

@@ -8,15 +8,17 @@ exceptions into our own (errors.Kube*), always chained.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import logging
 import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import urllib3
 from kubernetes import client, config, dynamic, watch
@@ -94,7 +96,7 @@ def _reason(err: Exception) -> str:
     if callable(summary):
         try:
             return str(summary())
-        except Exception:  # noqa: BLE001 - a best-effort message must not hide the real error
+        except Exception:  # noqa: BLE001, S110 - a best-effort message must not hide the error
             pass
     return str(getattr(err, "reason", "") or err)[:500]
 
@@ -133,7 +135,7 @@ class Kube:
         self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="kube")
 
     @classmethod
-    def from_environment(cls, namespace: str, kubeconfig: str | None = None) -> "Kube":
+    def from_environment(cls, namespace: str, kubeconfig: str | None = None) -> Kube:
         return cls(load_api_client(kubeconfig), namespace)
 
     @property
@@ -241,15 +243,13 @@ class Kube:
             kind=kind.kind,
         )
         for item in listing.items:
-            name = item.metadata.name
-            try:
-                self._call(
-                    lambda: resource.delete(name=name, namespace=self.namespace, body=body,
-                                            _request_timeout=self.timeout),
-                    kind=kind.kind, name=name,
-                )
-            except KubeNotFound:
-                pass
+            with contextlib.suppress(KubeNotFound):
+                self._delete_one(resource, kind, item.metadata.name, body)
+
+    def _delete_one(self, resource: Any, kind: KindRef, name: str, body: dict) -> None:
+        self._call(lambda: resource.delete(name=name, namespace=self.namespace, body=body,
+                                           _request_timeout=self.timeout),
+                   kind=kind.kind, name=name)
 
     def list_objects(self, kind: KindRef, selector: str) -> list[dict[str, Any]]:
         try:
@@ -358,15 +358,14 @@ class Kube:
         resource = self._resource(KindRef("apiextensions.k8s.io/v1",
                                           "CustomResourceDefinition"))
         for crd in crds:
-            name = crd["metadata"]["name"]
-            self._call(lambda: resource.server_side_apply(
-                body=crd, name=name, field_manager=FIELD_MANAGER, force_conflicts=True),
-                kind="CustomResourceDefinition", name=name)
+            self._call(lambda crd=crd: resource.server_side_apply(
+                body=crd, field_manager=FIELD_MANAGER, force_conflicts=True),
+                kind="CustomResourceDefinition", name=crd["metadata"]["name"])
         deadline = time.monotonic() + timeout_seconds
         for crd in crds:
             name = crd["metadata"]["name"]
             while True:
-                stored = self._call(lambda: resource.get(name=name).to_dict())
+                stored = self._call(lambda name=name: resource.get(name=name).to_dict())
                 conditions = (stored.get("status") or {}).get("conditions") or []
                 if any(c["type"] == "Established" and c["status"] == "True"
                        for c in conditions):

@@ -11,9 +11,10 @@ import hashlib
 import json
 import secrets
 import time
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import redis
 
@@ -93,7 +94,7 @@ def hash_token(token: str) -> str:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def iso(moment: datetime) -> str:
@@ -116,7 +117,7 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str, *, socket_timeout_seconds: float, session_ttl_seconds: int,
-                 activity_ttl_seconds: int) -> "Store":
+                 activity_ttl_seconds: int) -> Store:
         client = redis.Redis.from_url(
             url, socket_timeout=socket_timeout_seconds,
             socket_connect_timeout=socket_timeout_seconds, health_check_interval=30,
@@ -183,13 +184,15 @@ class Store:
         return record or None
 
     def set_status(self, session_id: str, status: str, *, reason: str = "",
-                   **fields: Any) -> str | None:
+                   from_cluster: bool = False, **fields: Any) -> str | None:
         """Returns the previous status, or None when the record is gone. A terminating session
-        stays terminating."""
+        stays terminating; with from_cluster, a paused session stays sleeping."""
         assert status in STATUSES, status
         extra = [item for key, value in fields.items() for item in (key, str(value))]
-        old = self._run("set_status", [record_key(session_id), STATUS_INDEX_PREFIX],
-                        [session_id, status, reason, *extra])
+        old = self._run("set_status",
+                        [record_key(session_id), STATUS_INDEX_PREFIX, PENDING_INDEX],
+                        [session_id, status, reason, _now_ms(), "1" if from_cluster else "0",
+                         *extra])
         return old or None
 
     def touch(self, session_id: str, *, activity_ttl_seconds: int | None = None) -> bool:
@@ -239,7 +242,7 @@ class Store:
         except UNAVAILABLE as err:
             raise _unavailable(err) from err
         # Records that expired but are not reaped yet are skipped, not shown half-empty.
-        sessions = [(sid, rec) for (sid, _), rec in zip(page, records) if rec]
+        sessions = [(sid, rec) for (sid, _), rec in zip(page, records, strict=True) if rec]
         next_cursor = int(page[-1][1]) if len(entries) > limit else None
         return sessions, next_cursor
 
@@ -255,7 +258,7 @@ class Store:
         except UNAVAILABLE as err:
             raise _unavailable(err) from err
         counts = {"total": total, "sessions_with_pending_messages": pending}
-        counts.update(dict(zip(STATUSES, by_status)))
+        counts.update(dict(zip(STATUSES, by_status, strict=True)))
         for name in ("queued", "delivered", "failed", "forwarded"):
             counts[f"messages_{name}"] = int(stats.get(name, 0))
         return counts
@@ -280,7 +283,7 @@ class Store:
             found = pipe.execute()
         except UNAVAILABLE as err:
             raise _unavailable(err) from err
-        return {sid for sid, n in zip(ids, found) if n}
+        return {sid for sid, n in zip(ids, found, strict=True) if n}
 
     def iter_ids(self, *, batch: int = 500) -> Iterator[str]:
         cursor = None
@@ -299,7 +302,7 @@ class Store:
 
     # -- idempotent create ---------------------------------------------------------------
 
-    def begin_idempotent(self, scope: str, *, ttl_seconds: int) -> dict | None | bool:
+    def begin_idempotent(self, scope: str, *, ttl_seconds: int) -> dict | bool | None:
         """None: first use (now marked pending); False: another request holds it;
         a dict: the stored response of the finished create."""
         key = _idempotency_key(scope)

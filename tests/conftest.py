@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from service import localcluster, store as store_module
+from service import localcluster
+from service import store as store_module
 from service.config import REPO_ROOT, Settings
 from service.kube import Kube, load_api_client
 
@@ -74,7 +75,8 @@ def store(settings: Settings, redis_server: localcluster.RedisServer) -> store_m
     if redis_server.process is None:
         redis_server.start()  # a previous test stopped it
     client = store_module.Store.from_url(
-        settings.redis_url, socket_timeout_seconds=2, session_ttl_seconds=settings.session_ttl_seconds,
+        settings.redis_url, socket_timeout_seconds=2,
+        session_ttl_seconds=settings.session_ttl_seconds,
         activity_ttl_seconds=settings.activity_ttl_seconds,
     )
     client.redis.flushall()
@@ -95,7 +97,7 @@ class DemoAgent:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "DemoAgent":
+    def start(self) -> DemoAgent:
         env = {**os.environ, "PORT": str(self.port), "AGENT_HOST": "127.0.0.1",
                "AGENT_STATE_FILE": str(self.state_file),
                "AGENT_DELAY_SECONDS": str(self.delay_seconds)}
@@ -167,4 +169,4 @@ def wait_for(predicate, *, timeout: float = 10, interval: float = 0.05, what: st
         time.sleep(interval)
 
 
-__all__ = ["API_KEY", "DemoAgent", "mark_deployment_ready", "wait_for", "store_module"]
+__all__ = ["API_KEY", "DemoAgent", "mark_deployment_ready", "store_module", "wait_for"]

@@ -86,7 +86,8 @@ def test_scaled_object_wakes_on_one_queued_message(settings):
     assert spec["minReplicaCount"] == 0 and spec["maxReplicaCount"] == 1
     assert "idleReplicaCount" not in spec
     assert spec["pollingInterval"] == 5
-    assert spec["scaleTargetRef"]["name"] == by_kind(render(settings))["Deployment"]["metadata"]["name"]
+    deployment_name = by_kind(render(settings))["Deployment"]["metadata"]["name"]
+    assert spec["scaleTargetRef"]["name"] == deployment_name
     lists = {t["metadata"]["listName"] for t in spec["triggers"]}
     assert lists == {store.queue_key(SESSION), store.activity_key(SESSION)}
     for trigger in spec["triggers"]:
@@ -158,7 +159,7 @@ def test_template_errors_name_the_file(settings, tmp_path: Path):
     templates = tmp_path / "templates"
     shutil.copytree(REPO_ROOT / "templates", templates)
     (templates / "broken.yaml").write_text("kind: ConfigMap\nmetadata: {name: {{ missing }}}\n")
-    with pytest.raises(BundleError, match="broken.yaml"):
+    with pytest.raises(BundleError, match=r"broken\.yaml"):
         render(settings.replace(templates_dir=templates))
 
 

@@ -6,7 +6,11 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[5], ARGV[1])
   return {'gone'}
 end
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return {'not_ready'} end
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
+  -- Look again in a second; set_status makes it due at once when the pod becomes ready.
+  redis.call('ZADD', KEYS[5], tonumber(ARGV[4]) + 1000, ARGV[1])
+  return {'not_ready'}
+end
 if not redis.call('SET', KEYS[6], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'busy'} end
 local envelope = redis.call('LINDEX', KEYS[3], 0)
 if not envelope then envelope = redis.call('RPOPLPUSH', KEYS[2], KEYS[3]) end

@@ -1,15 +1,26 @@
 -- Move a session to a status: record fields and the per-status index in one step.
--- KEYS: record, status_index_prefix (e.g. "sm:st:")
--- ARGV: id, new_status, reason ('' clears), then extra field/value pairs
+-- KEYS: record, status_index_prefix (e.g. "sm:st:"), pending_index
+-- ARGV: id, new_status, reason ('' clears), now_ms, from_cluster ('1': the watcher speaks),
+--       then extra field/value pairs
 -- Returns the previous status, or false when the record is gone.
 local old = redis.call('HGET', KEYS[1], 'status')
 if not old then return false end
-if old == 'terminating' and ARGV[2] ~= 'terminating' then return old end
-local order = redis.call('HGET', KEYS[1], 'order')
-if old ~= ARGV[2] then
-  redis.call('ZREM', KEYS[2] .. old, ARGV[1])
-  redis.call('ZADD', KEYS[2] .. ARGV[2], order, ARGV[1])
+local new = ARGV[2]
+if old == 'terminating' and new ~= 'terminating' then return old end
+-- An explicitly slept session stays "sleeping" while KEDA is still scaling it down.
+if ARGV[5] == '1' and redis.call('HGET', KEYS[1], 'paused') == '1'
+    and (new == 'waking' or new == 'running') then
+  new = 'sleeping'
 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'reason', ARGV[3])
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local order = redis.call('HGET', KEYS[1], 'order')
+if old ~= new then
+  redis.call('ZREM', KEYS[2] .. old, ARGV[1])
+  redis.call('ZADD', KEYS[2] .. new, order, ARGV[1])
+end
+redis.call('HSET', KEYS[1], 'status', new, 'reason', ARGV[3])
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+-- A pod just became ready: its queued messages are due now, not at the next retry slot.
+if new == 'running' and old ~= 'running' then
+  redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[1])
+end
 return old

@@ -1,0 +1,83 @@
+"""`python -m service COMMAND`: render, validate, serve, worker, dev."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from .config import ConfigError, Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    render = commands.add_parser("render", help="print a session's bundle as YAML")
+    render.add_argument("session_id")
+    commands.add_parser("validate", help="render a sample bundle and validate it")
+    commands.add_parser("serve", help="serve the API with gunicorn")
+    commands.add_parser("worker", help="deliver messages, watch status, reconcile")
+    commands.add_parser("dev", help="serve + worker with a local Redis and API server if needed")
+    args = parser.parse_args(argv)
+
+    if args.command == "dev":
+        from .dev import run_dev
+
+        return run_dev()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        return 2
+    if args.command == "render":
+        return _render(settings, args.session_id)
+    if args.command == "validate":
+        from .validate import run  # dev dependency: only this command needs it
+
+        return run(settings)
+    if args.command == "serve":
+        from .serve import serve
+
+        serve(settings)
+        return 0
+    return _worker(settings)
+
+
+def _render(settings: Settings, session_id: str) -> int:
+    from . import bundle, store
+    from .errors import BundleError
+
+    try:
+        rendered = bundle.render(session_id, settings, store.keda_keys(session_id))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except BundleError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return 1
+    sys.stdout.write(bundle.to_yaml(rendered))
+    return 0
+
+
+def _worker(settings: Settings) -> int:
+    from . import logs
+    from .kube import Kube
+    from .store import Store
+    from .worker import Worker
+
+    logs.configure(settings.log_level)
+    store = Store.from_url(
+        settings.redis_url, socket_timeout_seconds=settings.redis_socket_timeout_seconds,
+        session_ttl_seconds=settings.session_ttl_seconds,
+        activity_ttl_seconds=settings.activity_ttl_seconds)
+    worker = Worker(settings, store, Kube.from_environment(settings.namespace))
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    worker.run(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

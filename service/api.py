@@ -1,0 +1,274 @@
+"""The REST API: an app factory and thin views (parse, authenticate, limit, call `sessions`).
+
+Every response is JSON, errors included (`errors` holds the one shape); every request gets
+one JSON log line with its id, route, status and duration.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import __version__, logs, names
+from .auth import Authenticator
+from .config import Settings
+from .errors import (
+    HTTP_CODES,
+    InvalidField,
+    KubeError,
+    SessionManagerError,
+    SessionNotFound,
+    UnsupportedMediaType,
+)
+from .kube import Kube
+from .metrics import StoreCollector
+from .ratelimit import RateLimiter
+from .sessions import PodClient, Result, Sessions
+from .store import Store, iso, utc_now
+
+log = logging.getLogger("service.api")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_KUBE_HEALTH_CACHE_SECONDS = 5.0
+
+
+def create_app(settings: Settings, *, store: Store | None = None, kube: Kube | None = None,
+               pods: PodClient | None = None) -> Flask:
+    settings.check()
+    logs.configure(settings.log_level)
+    if settings.auth_disabled:
+        log.warning("authentication is DISABLED (AUTH_DISABLED=true): local development only")
+    store = store or Store.from_url(
+        settings.redis_url, socket_timeout_seconds=settings.redis_socket_timeout_seconds,
+        session_ttl_seconds=settings.session_ttl_seconds,
+        activity_ttl_seconds=settings.activity_ttl_seconds)
+    kube = kube or Kube.from_environment(settings.namespace)
+    sessions = Sessions(settings, store, kube, pods)
+    auth = Authenticator(settings.api_keys, disabled=settings.auth_disabled)
+    limiter = RateLimiter(settings.redis_url, dict(settings.rate_limits),
+                          enabled=settings.rate_limits_enabled,
+                          socket_timeout_seconds=settings.redis_socket_timeout_seconds)
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(store))
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    if settings.trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+    app.extensions["session_manager"] = {"sessions": sessions, "store": store, "kube": kube}
+
+    # -- request bookkeeping -------------------------------------------------------------
+
+    @app.before_request
+    def start_request() -> None:
+        g.started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
+        g.session_id = None
+        logs.request_context.set({"request_id": g.request_id})
+
+    @app.after_request
+    def finish_request(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        duration_ms = round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000,
+                            2)
+        rule = request.url_rule.rule if request.url_rule else request.path[:100]
+        extra = {"request_id": g.get("request_id"), "method": request.method, "route": rule,
+                 "status": response.status_code, "duration_ms": duration_ms,
+                 "remote_addr": request.remote_addr}
+        if g.get("session_id"):
+            extra["session_id"] = g.session_id
+        log.info("request", extra=extra)
+        return response
+
+    # -- errors --------------------------------------------------------------------------
+
+    @app.errorhandler(SessionManagerError)
+    def our_error(err: SessionManagerError) -> tuple[Response, int, dict]:
+        if err.status >= 500:
+            log.warning("%s: %s", type(err).__name__, err.message)
+        if isinstance(err, KubeError) and err.status not in (404, 503):
+            # A template the API server rejects is our bug, not the caller's.
+            return jsonify({"error": "The Kubernetes API refused the session's objects",
+                            "code": err.code}), 500, {}
+        return jsonify(err.body()), err.status, err.headers()
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException) -> tuple[Response, int]:
+        status = err.code or 500
+        code = HTTP_CODES.get(status, "http_error")
+        message = {404: "Not found", 405: "Method not allowed",
+                   413: f"Request body larger than {settings.max_body_bytes} bytes"}.get(
+            status, err.description or err.name)
+        response = jsonify({"error": message, "code": code})
+        if status == 405 and err.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(err.valid_methods)  # type: ignore[attr-defined]
+        return response, status
+
+    @app.errorhandler(Exception)
+    def unexpected(err: Exception) -> tuple[Response, int]:
+        log.exception("unhandled error")
+        return jsonify({"error": "Internal error", "code": "internal_error"}), 500
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def respond(result: Result) -> tuple[Response, int]:
+        return jsonify(result.body), result.status
+
+    def json_body() -> dict[str, Any]:
+        if not request.is_json:
+            raise UnsupportedMediaType()
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise InvalidField("The body must be a JSON object")
+        return data
+
+    def session_route(route: str, session_id: str) -> dict[str, str] | None:
+        """Check the id (404 before any I/O), the rate limit and the caller; returns the
+        record when it had to be read to check a session token."""
+        if not names.is_session_id(session_id):
+            raise SessionNotFound()
+        g.session_id = session_id
+        limiter.hit(route, request.remote_addr or "unknown")
+        if auth.disabled:
+            return None
+        record: dict[str, str] | None = None
+
+        def token_hash() -> str | None:
+            nonlocal record
+            record = store.get_session(session_id)
+            return record.get("token") if record else None
+
+        g.principal = auth.for_session(request, token_hash)
+        return record
+
+    def query_int(name: str, default: int | None, low: int, high: int) -> int | None:
+        raw = request.args.get(name)
+        if raw is None or raw == "":
+            return default
+        if not raw.isdigit() or not low <= int(raw) <= high:
+            raise InvalidField(f"{name} must be an integer from {low} to {high}")
+        return int(raw)
+
+    # -- routes --------------------------------------------------------------------------
+
+    @app.post("/session/create")
+    def create() -> tuple[Response, int]:
+        limiter.hit("create", request.remote_addr or "unknown")
+        principal = auth.require_api_key(request)
+        body = json_body()
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 1 <= len(key) <= 200:
+            raise InvalidField("Idempotency-Key must be 1 to 200 characters")
+        scope = f"{principal.subject}:{key}" if key else None
+        result = sessions.create(body.get("user_id"), idempotency_scope=scope)
+        g.session_id = result.body.get("uuid")
+        return respond(result)
+
+    @app.post("/session/<session_id>/wake")
+    def wake(session_id: str) -> tuple[Response, int]:
+        session_route("wake", session_id)
+        return respond(sessions.wake(session_id))
+
+    @app.post("/session/<session_id>/sleep")
+    def sleep(session_id: str) -> tuple[Response, int]:
+        session_route("sleep", session_id)
+        return respond(sessions.sleep(session_id))
+
+    @app.get("/session/<session_id>/status")
+    def status(session_id: str) -> tuple[Response, int]:
+        record = session_route("status", session_id)
+        return respond(sessions.status(session_id, record))
+
+    @app.post("/session/<session_id>/chat")
+    def chat(session_id: str) -> tuple[Response, int]:
+        session_route("chat", session_id)
+        body = json_body()
+        return respond(sessions.chat(session_id, body.get("message"), body.get("message_id")))
+
+    @app.get("/session/<session_id>/messages")
+    def messages(session_id: str) -> tuple[Response, int]:
+        record = session_route("messages", session_id)
+        if record is None:
+            sessions.record(session_id)
+        after = query_int("after", 0, 0, 2**53)
+        limit = query_int("limit", 50, 1, 500)
+        return respond(sessions.messages(session_id, after=after or 0, limit=limit or 50))
+
+    @app.delete("/session/<session_id>")
+    def delete(session_id: str) -> tuple[Response, int]:
+        session_route("delete", session_id)
+        return respond(sessions.delete(session_id))
+
+    @app.get("/sessions")
+    def list_sessions() -> tuple[Response, int]:
+        auth.require_api_key(request)
+        status_filter = request.args.get("status") or None
+        limit = query_int("limit", 100, 1, 1000)
+        cursor = query_int("cursor", None, 0, 2**53)
+        return respond(sessions.list(status=status_filter, limit=limit or 100, cursor=cursor))
+
+    @app.get("/metrics")
+    def metrics() -> Response | tuple[Response, int]:
+        auth.require_api_key(request)
+        wanted = request.accept_mimetypes.best_match(
+            ["application/json", "text/plain", "application/openmetrics-text"],
+            default="application/json")
+        if wanted != "application/json":
+            encoder, content_type = choose_encoder(request.headers.get("Accept", "text/plain"))
+            return Response(encoder(registry), status=200, content_type=content_type)
+        return jsonify(sessions.figures()), 200
+
+    kube_health = _CachedProbe(kube.ping, _KUBE_HEALTH_CACHE_SECONDS)
+
+    @app.get("/health")
+    def health() -> tuple[Response, int]:
+        body: dict[str, Any] = {"status": "healthy", "version": __version__}
+        try:
+            store.ping()
+            body["redis"] = "healthy"
+        except SessionManagerError:
+            body["redis"] = "unhealthy"
+            body["status"] = "unhealthy"
+        body["kubernetes"] = "healthy" if kube_health() else "unhealthy"
+        if body["status"] == "healthy" and body["kubernetes"] != "healthy":
+            body["status"] = "degraded"  # still serves reads; creates will 503
+        body["timestamp"] = iso(utc_now())
+        return jsonify(body), (503 if body["status"] == "unhealthy" else 200)
+
+    @app.get("/livez")
+    def livez() -> tuple[Response, int]:
+        return jsonify({"status": "alive", "version": __version__}), 200
+
+    return app
+
+
+class _CachedProbe:
+    """Ask at most every `seconds`: readiness probes must not hammer the Kubernetes API."""
+
+    def __init__(self, probe: Callable[[], object], seconds: float) -> None:
+        self.probe = probe
+        self.seconds = seconds
+        self.checked_at = float("-inf")
+        self.ok = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self.checked_at >= self.seconds:
+            try:
+                self.probe()
+                self.ok = True
+            except SessionManagerError:
+                self.ok = False
+            self.checked_at = now
+        return self.ok

@@ -1,0 +1,108 @@
+"""Nothing runs forever without a record, and no record points at nothing.
+
+One pass: (1) records whose TTL passed are swept from the cluster and the indexes; (2) bundles
+in the cluster with no record and no create in progress are swept once older than a grace
+period; (3) records whose Deployment is gone are marked failed, and deletes that were
+interrupted are finished. The figures are returned and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+from . import bundle
+from .config import Settings
+from .errors import SessionManagerError
+from .kube import DEPLOYMENT_KIND, Kube
+from .status import session_of
+from .store import Store, keda_keys
+
+log = logging.getLogger(__name__)
+
+BUNDLE_MISSING = "BundleMissing"
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, store: Store, kube: Kube) -> None:
+        self.settings = settings
+        self.store = store
+        self.kube = kube
+
+    def sweep_kinds(self) -> list[bundle.KindRef]:
+        """Every kind the templates produce (rendered for a sample id: kinds do not vary)."""
+        sample = "s" + "a" * 16
+        return bundle.render(sample, self.settings, keda_keys(sample)).kinds()
+
+    def run_once(self) -> dict[str, int]:
+        figures = {"expired_swept": 0, "orphans_swept": 0, "records_failed": 0,
+                   "deletes_finished": 0, "errors": 0}
+        kinds = self.sweep_kinds()
+        try:
+            self._sweep_expired(kinds, figures)
+            live = self._live_bundles(kinds)
+            self._sweep_orphans(live, kinds, figures)
+            self._check_records(live, kinds, figures)
+        except SessionManagerError as err:
+            figures["errors"] += 1
+            log.warning("reconcile pass stopped early: %s", err.message)
+        if any(figures.values()):
+            log.info("reconciled", extra={"figures": figures})
+        return figures
+
+    def _sweep_expired(self, kinds: list[bundle.KindRef], figures: dict[str, int]) -> None:
+        for session_id in self.store.expired_ids(now=time.time()):
+            self.kube.delete(session_id, kinds)
+            self.store.delete_session(session_id)
+            figures["expired_swept"] += 1
+
+    def _live_bundles(self, kinds: list[bundle.KindRef]) -> dict[str, float]:
+        """Session id -> oldest creation time (epoch s) of any of its objects."""
+        live: dict[str, float] = {}
+        for kind in kinds:
+            for obj in self.kube.list_objects(kind, bundle.label_selector()):
+                session_id = session_of(obj)
+                if session_id is None:
+                    continue
+                created = _epoch(obj["metadata"].get("creationTimestamp"))
+                live[session_id] = min(created, live.get(session_id, created))
+        return live
+
+    def _sweep_orphans(self, live: dict[str, float], kinds: list[bundle.KindRef],
+                       figures: dict[str, int]) -> None:
+        known = self.store.known_ids(list(live))
+        cutoff = time.time() - self.settings.reconcile_grace_seconds
+        for session_id, created in live.items():
+            if session_id not in known and created <= cutoff:
+                log.info("sweeping a bundle with no session record",
+                         extra={"session_id": session_id})
+                self.kube.delete(session_id, kinds)
+                figures["orphans_swept"] += 1
+
+    def _check_records(self, live: dict[str, float], kinds: list[bundle.KindRef],
+                       figures: dict[str, int]) -> None:
+        deployments = {session_of(obj) for obj in self.kube.list_objects(
+            DEPLOYMENT_KIND, bundle.label_selector())}
+        cutoff = time.time() - self.settings.reconcile_grace_seconds
+        for session_id in self.store.iter_ids():
+            record = self.store.get_session(session_id)
+            if record is None or _epoch(record["created_at"]) > cutoff:
+                continue
+            if record["status"] == "terminating":
+                self.kube.delete(session_id, kinds)  # a delete that died half-way
+                self.store.delete_session(session_id)
+                figures["deletes_finished"] += 1
+            elif session_id not in deployments and record["status"] != "failed":
+                self.store.set_status(session_id, "failed", reason=BUNDLE_MISSING)
+                figures["records_failed"] += 1
+
+
+def _epoch(timestamp: Any) -> float:
+    if isinstance(timestamp, datetime):
+        return timestamp.timestamp()
+    if not timestamp:
+        return time.time()
+    return datetime.fromisoformat(str(timestamp).replace("Z", "+00:00")).timestamp()
+

@@ -1,0 +1,331 @@
+"""The use cases behind the routes: create, wake, sleep, status, chat, messages, delete, list.
+
+Redis (`store`) is the source of truth for sessions and messages; the cluster (`kube`) is
+touched only to change it (apply, sweep, pause). Status comes from the record, which the
+worker keeps in step with the cluster, so reads never wait on the Kubernetes API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from . import bundle, names
+from .config import Settings
+from .errors import (
+    BacklogFull,
+    Conflict,
+    InvalidField,
+    KubeError,
+    PayloadTooLarge,
+    SessionNotFound,
+    Unavailable,
+)
+from .kube import Kube
+from .store import ACTIVE_STATUSES, STATUSES, Store, hash_token, iso, keda_keys, utc_now
+
+log = logging.getLogger(__name__)
+
+MESSAGE_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+QUEUED_MESSAGE = "Pod is waking up, message queued"
+
+
+@dataclass(frozen=True)
+class Result:
+    """A use case's answer: the HTTP status and the JSON body."""
+
+    status: int
+    body: dict[str, Any]
+
+
+class PodClient:
+    """POST /chat of the session pod contract (SPEC §7)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.http = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=64)
+        self.http.mount("http://", adapter)
+        self.http.mount("https://", adapter)
+
+    def url(self, session_id: str) -> str:
+        return self.settings.pod_url_template.format(
+            name=names.object_name(session_id), namespace=self.settings.namespace,
+            session_id=session_id, port=self.settings.user_pod_port,
+        )
+
+    def chat(self, session_id: str, message: str, message_id: str) -> dict:
+        """The pod's JSON reply; raises PodError when it cannot be had."""
+        try:
+            response = self.http.post(
+                self.url(session_id).rstrip("/") + "/chat",
+                json={"message": message, "message_id": message_id, "session_id": session_id},
+                timeout=self.settings.pod_timeout_seconds,
+            )
+        except requests.RequestException as err:
+            raise PodError(f"pod unreachable: {type(err).__name__}") from err
+        if response.status_code >= 300:
+            raise PodError(f"pod answered HTTP {response.status_code}")
+        try:
+            reply = response.json()
+        except ValueError as err:
+            raise PodError("pod answered with a body that is not JSON") from err
+        return reply if isinstance(reply, dict) else {"reply": reply}
+
+
+class PodError(Exception):
+    pass
+
+
+def public_session(session_id: str, record: dict[str, str]) -> dict[str, Any]:
+    return {"uuid": session_id, "user_id": record["user_id"], "status": record["status"],
+            "created_at": record["created_at"], "last_activity": record["last_activity"]}
+
+
+class Sessions:
+    def __init__(self, settings: Settings, store: Store, kube: Kube,
+                 pods: PodClient | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.kube = kube
+        self.pods = pods or PodClient(settings)
+
+    # -- lookup --------------------------------------------------------------------------
+
+    def record(self, session_id: str) -> dict[str, str]:
+        if not names.is_session_id(session_id):
+            raise SessionNotFound()
+        record = self.store.get_session(session_id)
+        if record is None:
+            raise SessionNotFound()
+        return record
+
+    def render(self, session_id: str) -> bundle.Bundle:
+        return bundle.render(session_id, self.settings, keda_keys(session_id))
+
+    # -- create / delete -----------------------------------------------------------------
+
+    def create(self, user_id: Any, *, idempotency_scope: str | None = None) -> Result:
+        if not isinstance(user_id, str) or not 1 <= len(user_id) <= 256 \
+                or not user_id.isprintable():
+            raise InvalidField("user_id must be a string of 1 to 256 printable characters")
+        ttl = self.settings.idempotency_ttl_seconds
+        if idempotency_scope is not None:
+            previous = self.store.begin_idempotent(idempotency_scope, ttl_seconds=ttl)
+            if previous is False:
+                raise Conflict("A create with this Idempotency-Key is still in progress")
+            if previous is not None:
+                if previous.get("user_id") != user_id:
+                    raise Conflict("This Idempotency-Key was used for a different request")
+                return Result(201, previous)
+        try:
+            body = self._create(user_id)
+        except BaseException:
+            if idempotency_scope is not None:
+                self.store.finish_idempotent(idempotency_scope, None, ttl_seconds=ttl)
+            raise
+        if idempotency_scope is not None:
+            self.store.finish_idempotent(idempotency_scope, body, ttl_seconds=ttl)
+        return Result(201, body)
+
+    def _create(self, user_id: str) -> dict[str, Any]:
+        session_id = self.store.reserve_id()
+        rendered = self.render(session_id)
+        try:
+            self.kube.apply(rendered)  # sweeps what it applied if it fails part-way
+        except BaseException:
+            self.store.release_id(session_id)
+            raise
+        token = secrets.token_urlsafe(32)
+        now = utc_now()
+        try:
+            record = self.store.create_session(session_id, user_id=user_id,
+                                               token_hash=hash_token(token), now=now)
+        except BaseException:
+            # No record means no bundle: take the objects back before reporting the failure.
+            try:
+                self.kube.delete(session_id, rendered.kinds())
+            except KubeError:
+                log.exception("could not sweep after a failed create; the reconciler will",
+                              extra={"session_id": session_id})
+            raise
+        log.info("session created", extra={"session_id": session_id})
+        return {"uuid": session_id, "user_id": user_id, "status": record["status"],
+                "created_at": record["created_at"], "session_token": token}
+
+    def delete(self, session_id: str) -> Result:
+        self.record(session_id)
+        self.store.set_status(session_id, "terminating")  # chats now get 409
+        self.kube.delete(session_id, self.render(session_id).kinds())
+        self.store.delete_session(session_id)
+        log.info("session deleted", extra={"session_id": session_id})
+        return Result(200, {"uuid": session_id, "status": "terminated",
+                            "message": "Session and all resources deleted"})
+
+    # -- wake / sleep --------------------------------------------------------------------
+
+    def wake(self, session_id: str) -> Result:
+        record = self.record(session_id)
+        if record["status"] == "terminating":
+            raise Conflict("The session is being deleted")
+        if record.get("paused") == "1":
+            self._resume(session_id)
+        self.store.touch(session_id)  # the activity key is what makes KEDA scale up
+        if record["status"] == "running" and int(record.get("ready_replicas") or 0) > 0:
+            return Result(200, {"uuid": session_id, "action": "wake", "status": "running"})
+        self.store.set_status(session_id, "waking")
+        return Result(202, {"uuid": session_id, "action": "wake", "status": "waking"})
+
+    def _resume(self, session_id: str) -> None:
+        if self.kube.set_paused(session_id, False):
+            raise Unavailable("KEDA pause annotation could not be removed; retry")
+        self.store.set_paused(session_id, False)
+
+    def sleep(self, session_id: str) -> Result:
+        record = self.record(session_id)
+        if record["status"] == "terminating":
+            raise Conflict("The session is being deleted")
+        if not self.kube.set_paused(session_id, True):
+            raise Unavailable("KEDA pause annotation did not stick; retry")
+        self.store.set_paused(session_id, True)
+        self.store.clear_activity(session_id)
+        self.store.set_status(session_id, "sleeping")
+        pending = self.store.queue_length(session_id)
+        return Result(200, {
+            "uuid": session_id, "action": "sleep", "status": "sleeping",
+            "message": f"Session paused at 0 replicas; {pending} pending message(s) kept",
+        })
+
+    # -- status --------------------------------------------------------------------------
+
+    def status(self, session_id: str, record: dict[str, str] | None = None) -> Result:
+        record = record or self.record(session_id)
+        body = {
+            "uuid": session_id,
+            "session": {k: record[k] for k in ("user_id", "status", "created_at",
+                                               "last_activity")},
+            "status": record["status"],
+            "replicas": int(record.get("replicas") or 0),
+            "ready_replicas": int(record.get("ready_replicas") or 0),
+            "paused": record.get("paused") == "1",
+            "queue_length": self.store.queue_length(session_id),
+            "timestamp": iso(utc_now()),
+        }
+        if record.get("reason"):
+            body["reason"] = record["reason"]
+        return Result(200, body)
+
+    # -- chat ----------------------------------------------------------------------------
+
+    def chat(self, session_id: str, message: Any, message_id: Any = None) -> Result:
+        if not isinstance(message, str) or not message.strip():
+            raise InvalidField("message must be a non-empty string")
+        if len(message) > self.settings.max_message_chars:
+            raise PayloadTooLarge(
+                f"message is longer than {self.settings.max_message_chars} characters")
+        if message_id is None:
+            message_id = secrets.token_hex(12)
+        elif not isinstance(message_id, str) or not MESSAGE_ID_PATTERN.fullmatch(message_id):
+            raise InvalidField("message_id must be 1 to 128 characters of A-Z a-z 0-9 . _ : -")
+        now = iso(utc_now())
+        mode, info = self.store.admit_chat(
+            session_id, message_id=message_id,
+            message={"message_id": message_id, "message": message, "created_at": now},
+            max_queued=self.settings.max_queued_messages,
+            max_kept=self.settings.max_messages_kept, allow_forward=True,
+            lease_seconds=self.settings.delivery_lease_seconds,
+        )
+        if mode == "gone":
+            raise SessionNotFound()
+        if mode == "terminating":
+            raise Conflict("The session is being deleted")
+        if mode == "backlog":
+            raise BacklogFull(
+                f"{info['backlog']} messages are waiting for this session; retry later",
+                limit=self.settings.max_queued_messages, retry_after_seconds=5)
+        if mode == "duplicate":
+            return self._replay(session_id, message_id, info)
+        self.store.touch(session_id)
+        if info["paused"]:
+            self._resume(session_id)
+            self.store.set_status(session_id, "waking")
+        if mode == "forward":
+            return self._forward(session_id, message, message_id, info)
+        return self._queued(session_id, message_id)
+
+    def _queued(self, session_id: str, message_id: str) -> Result:
+        return Result(202, {"uuid": session_id, "status": "queued", "message_id": message_id,
+                            "message": QUEUED_MESSAGE})
+
+    def _forward(self, session_id: str, message: str, message_id: str, info: dict) -> Result:
+        try:
+            reply = self.pods.chat(session_id, message, message_id)
+        except PodError as err:
+            # Not lost: it stays in flight for the worker, which retries with backoff.
+            log.warning("direct delivery failed; queued for the worker: %s", err,
+                        extra={"session_id": session_id})
+            self.store.finish_delivery(
+                session_id, envelope=info["envelope"], lease_token=info["lease_token"],
+                delivered=False, reply_or_error=str(err),
+                max_attempts=self.settings.delivery_max_attempts,
+                retry_in_seconds=self.settings.delivery_backoff_seconds)
+            return self._queued(session_id, message_id)
+        self.store.finish_delivery(
+            session_id, envelope=info["envelope"], lease_token=info["lease_token"],
+            delivered=True, reply_or_error=json.dumps(reply),
+            max_attempts=self.settings.delivery_max_attempts, retry_in_seconds=0)
+        self.store.count_forwarded()
+        self.store.touch(session_id)  # a reply is activity too
+        return Result(200, {"uuid": session_id, "status": "processed", "message_id": message_id,
+                            "pod_response": reply})
+
+    def _replay(self, session_id: str, message_id: str, info: dict) -> Result:
+        """The same message_id again: report what happened to it, deliver nothing twice."""
+        seq = info["seq"]
+        messages, _ = self.store.list_messages(session_id, after=seq - 1, limit=1,
+                                               max_kept=self.settings.max_messages_kept)
+        stored = messages[0] if messages else info.get("message", {})
+        if stored.get("state") == "delivered":
+            return Result(200, {"uuid": session_id, "status": "processed",
+                                "message_id": message_id, "pod_response": stored.get("reply")})
+        if stored.get("state") == "failed":
+            return Result(200, {"uuid": session_id, "status": "failed", "message_id": message_id,
+                                "error": stored.get("error")})
+        return self._queued(session_id, message_id)
+
+    def messages(self, session_id: str, *, after: int, limit: int) -> Result:
+        messages, next_cursor = self.store.list_messages(
+            session_id, after=after, limit=limit, max_kept=self.settings.max_messages_kept)
+        return Result(200, {"uuid": session_id, "messages": messages, "next": next_cursor})
+
+    # -- listing and figures -------------------------------------------------------------
+
+    def list(self, *, status: str | None, limit: int, cursor: int | None) -> Result:
+        if status is not None and status not in STATUSES:
+            raise InvalidField(f"status must be one of {', '.join(STATUSES)}")
+        page, next_cursor = self.store.list_sessions(status=status, limit=limit, cursor=cursor)
+        counts = self.store.counts()
+        total = counts["total"] if status is None else counts[status]
+        return Result(200, {"total": total,
+                            "sessions": [public_session(sid, rec) for sid, rec in page],
+                            "next_cursor": next_cursor})
+
+    def figures(self) -> dict[str, Any]:
+        counts = self.store.counts()
+        return {
+            "total_sessions": counts["total"],
+            "active_sessions": sum(counts[s] for s in ACTIVE_STATUSES),
+            "sleeping_sessions": counts["sleeping"],
+            "failed_sessions": counts["failed"],
+            "sessions_by_status": {s: counts[s] for s in STATUSES},
+            "sessions_with_pending_messages": counts["sessions_with_pending_messages"],
+            "messages": {k[len("messages_"):]: v for k, v in counts.items()
+                         if k.startswith("messages_")},
+            "timestamp": iso(utc_now()),
+        }

@@ -1,0 +1,104 @@
+"""Session status from the cluster's truth: Deployment replicas and pod start-up failures.
+
+The worker's leader feeds this with watch events; it writes the derived status into the
+session record, where /status, /sessions and /metrics read it without asking the cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from . import names
+from .kube import DeploymentState, state_of_deployment
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+# Waiting reasons that mean the pod will not start without someone changing something.
+FAILURE_REASONS = frozenset({
+    "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull",
+    "CrashLoopBackOff", "CreateContainerConfigError", "CreateContainerError",
+    "RunContainerError",
+})
+
+
+def session_of(obj: dict[str, Any]) -> str | None:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    session_id = labels.get(names.SESSION_LABEL)
+    return session_id if session_id and names.is_session_id(session_id) else None
+
+
+def pod_failure_reason(pod: dict[str, Any]) -> str | None:
+    status = pod.get("status") or {}
+    for container in (status.get("containerStatuses") or []) + (
+            status.get("initContainerStatuses") or []):
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in FAILURE_REASONS:
+            return str(waiting["reason"])
+    for condition in status.get("conditions") or []:
+        if (condition.get("type") == "PodScheduled" and condition.get("status") == "False"
+                and condition.get("reason") == "Unschedulable"):
+            return "Unschedulable"
+    return None
+
+
+def derive_status(deployment: DeploymentState, failure: str | None) -> tuple[str, str]:
+    if deployment.ready_replicas > 0:
+        return "running", ""
+    if deployment.replicas == 0:
+        return "sleeping", ""
+    if failure:
+        return "failed", failure
+    return "waking", ""
+
+
+class StatusTracker:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._deployments: dict[str, DeploymentState] = {}
+        self._failures: dict[str, dict[str, str]] = {}  # session -> pod name -> reason
+
+    def on_deployment(self, event_type: str, obj: dict[str, Any]) -> None:
+        session_id = session_of(obj)
+        if session_id is None:
+            return
+        with self._lock:
+            if event_type == "DELETED":
+                self._deployments.pop(session_id, None)
+                return
+            self._deployments[session_id] = state_of_deployment(obj)
+        self._publish(session_id)
+
+    def on_pod(self, event_type: str, obj: dict[str, Any]) -> None:
+        session_id = session_of(obj)
+        if session_id is None:
+            return
+        pod_name = (obj.get("metadata") or {}).get("name", "")
+        reason = None if event_type == "DELETED" else pod_failure_reason(obj)
+        with self._lock:
+            failures = self._failures.setdefault(session_id, {})
+            if reason:
+                failures[pod_name] = reason
+            else:
+                failures.pop(pod_name, None)
+            if not failures:
+                self._failures.pop(session_id, None)
+        self._publish(session_id)
+
+    def _publish(self, session_id: str) -> None:
+        with self._lock:
+            deployment = self._deployments.get(session_id)
+            failures = self._failures.get(session_id) or {}
+            failure = next(iter(sorted(failures.values())), None)
+        if deployment is None:
+            return  # a pod seen before its Deployment; the Deployment's event will publish
+        status, reason = derive_status(deployment, failure)
+        previous = self.store.set_status(
+            session_id, status, reason=reason, from_cluster=True,
+            replicas=deployment.replicas, ready_replicas=deployment.ready_replicas)
+        if previous is not None and previous != status:
+            log.info("status %s -> %s", previous, status,
+                     extra={"session_id": session_id, "reason": reason or None})

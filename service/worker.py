@@ -1,0 +1,206 @@
+"""The worker: delivers queued chats, keeps session status true to the cluster, and reclaims
+what has no record. Safe to run as several replicas:
+
+- delivery: any worker may deliver any session, one message at a time under a per-session
+  lease in Redis (claim = atomic move into an in-flight list that survives a crash);
+- status watching and reconciling: one leader each, elected with a renewed lease.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from . import bundle as bundle_module
+from .config import Settings
+from .errors import SessionManagerError
+from .kube import DEPLOYMENT_KIND, WATCHED_KINDS, Kube
+from .reconciler import Reconciler
+from .sessions import PodClient, PodError
+from .status import StatusTracker
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+LEADER_LEASE_SECONDS = 15
+MAX_BACKOFF_SECONDS = 60.0
+
+
+class Worker:
+    def __init__(self, settings: Settings, store: Store, kube: Kube,
+                 pods: PodClient | None = None, *, worker_id: str | None = None,
+                 delivery_threads: int = 8) -> None:
+        self.settings = settings
+        self.store = store
+        self.kube = kube
+        self.pods = pods or PodClient(settings)
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.delivery_pool = ThreadPoolExecutor(delivery_threads, thread_name_prefix="deliver")
+        self._draining: set[str] = set()
+        self._draining_lock = threading.Lock()
+        self.tracker = StatusTracker(store)
+        self.reconciler = Reconciler(settings, store, kube)
+
+    # -- delivery ------------------------------------------------------------------------
+
+    def deliver_due(self) -> int:
+        """Start draining every session with due messages; returns how many were started."""
+        started = 0
+        for session_id in self.store.due_sessions(limit=200):
+            with self._draining_lock:
+                if session_id in self._draining:
+                    continue
+                self._draining.add(session_id)
+            self.delivery_pool.submit(self._drain_safely, session_id)
+            started += 1
+        return started
+
+    def _drain_safely(self, session_id: str) -> None:
+        try:
+            self.drain(session_id)
+        except SessionManagerError as err:
+            log.warning("delivery paused: %s", err.message, extra={"session_id": session_id})
+        except Exception:
+            log.exception("delivery failed unexpectedly", extra={"session_id": session_id})
+        finally:
+            with self._draining_lock:
+                self._draining.discard(session_id)
+
+    def drain(self, session_id: str) -> int:
+        """Deliver this session's messages in order until none is left or one fails."""
+        delivered = 0
+        lease = self.settings.delivery_lease_seconds
+        while True:
+            claim = self.store.claim_delivery(session_id, lease_seconds=lease)
+            if claim is None:
+                return delivered
+            if not self.deliver(session_id, claim):
+                return delivered
+            delivered += 1
+
+    def deliver(self, session_id: str, claim: dict) -> bool:
+        message = claim["message"]
+        # The pod is busy while it answers: keep KEDA from scaling it to 0 under the delivery.
+        self.store.touch(session_id, activity_ttl_seconds=max(
+            self.settings.activity_ttl_seconds, self.settings.delivery_lease_seconds))
+        try:
+            reply = self.pods.chat(session_id, message["message"], message["message_id"])
+        except PodError as err:
+            attempts = int(message.get("attempts") or 1)
+            backoff = min(MAX_BACKOFF_SECONDS,
+                          self.settings.delivery_backoff_seconds * 2 ** (attempts - 1))
+            stored = self.store.finish_delivery(
+                session_id, envelope=claim["envelope"], lease_token=claim["lease_token"],
+                delivered=False, reply_or_error=str(err),
+                max_attempts=self.settings.delivery_max_attempts, retry_in_seconds=backoff)
+            log.warning("delivery attempt %s failed (%s): %s", attempts, stored.get("state"),
+                        err, extra={"session_id": session_id,
+                                    "message_id": message["message_id"]})
+            return False
+        self.store.finish_delivery(
+            session_id, envelope=claim["envelope"], lease_token=claim["lease_token"],
+            delivered=True, reply_or_error=json.dumps(reply),
+            max_attempts=self.settings.delivery_max_attempts, retry_in_seconds=0)
+        self.store.touch(session_id)
+        log.info("message delivered", extra={"session_id": session_id,
+                                             "message_id": message["message_id"]})
+        return True
+
+    # -- leadership ----------------------------------------------------------------------
+
+    def _lead(self, name: str, stop: threading.Event, body) -> None:
+        """Run `body(term_over)` whenever this worker holds the `name` lease."""
+        while not stop.is_set():
+            try:
+                if not self.store.acquire_lease(name, self.worker_id,
+                                                seconds=LEADER_LEASE_SECONDS):
+                    stop.wait(LEADER_LEASE_SECONDS / 3)
+                    continue
+            except SessionManagerError as err:
+                log.warning("cannot take the %s lease: %s", name, err.message)
+                stop.wait(2)
+                continue
+            term_over = threading.Event()
+            renewer = threading.Thread(target=self._renew, args=(name, stop, term_over),
+                                       daemon=True)
+            renewer.start()
+            try:
+                body(term_over)
+            except SessionManagerError as err:
+                log.warning("%s interrupted: %s", name, err.message)
+                stop.wait(1)
+            except Exception:
+                log.exception("%s failed", name)
+                stop.wait(1)
+            finally:
+                term_over.set()
+                renewer.join()
+
+    def _renew(self, name: str, stop: threading.Event, term_over: threading.Event) -> None:
+        while not term_over.wait(LEADER_LEASE_SECONDS / 3):
+            try:
+                held = self.store.acquire_lease(name, self.worker_id,
+                                                seconds=LEADER_LEASE_SECONDS)
+            except SessionManagerError:
+                held = False
+            if not held or stop.is_set():
+                term_over.set()
+
+    def watch_status(self, term_over: threading.Event) -> None:
+        selector = bundle_module.label_selector()
+        threads = [
+            threading.Thread(target=self._follow, args=(kind, selector, term_over),
+                             daemon=True, name=f"watch-{kind.kind}")
+            for kind in WATCHED_KINDS
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _follow(self, kind, selector: str, term_over: threading.Event) -> None:
+        handle = (self.tracker.on_deployment if kind == DEPLOYMENT_KIND
+                  else self.tracker.on_pod)
+        while not term_over.is_set():
+            try:
+                for event_type, obj in self.kube.list_and_watch(
+                        kind, selector=selector, timeout_seconds=5, stop=term_over):
+                    handle(event_type, obj)
+            except SessionManagerError as err:
+                log.warning("watching %s: %s", kind.kind, err.message)
+                term_over.wait(1)
+
+    def reconcile_periodically(self, term_over: threading.Event) -> None:
+        while not term_over.is_set():
+            self.reconciler.run_once()
+            term_over.wait(self.settings.reconcile_interval_seconds)
+
+    # -- main loop -----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("worker started", extra={"worker_id": self.worker_id})
+        leaders = [
+            threading.Thread(target=self._lead, args=("status-watcher", stop, self.watch_status),
+                             daemon=True, name="status-watcher"),
+            threading.Thread(target=self._lead,
+                             args=("reconciler", stop, self.reconcile_periodically),
+                             daemon=True, name="reconciler"),
+        ]
+        for thread in leaders:
+            thread.start()
+        while not stop.is_set():
+            try:
+                self.deliver_due()
+            except SessionManagerError as err:
+                log.warning("delivery loop: %s", err.message)
+            stop.wait(self.settings.worker_poll_interval_seconds)
+        for thread in leaders:
+            thread.join(timeout=LEADER_LEASE_SECONDS)
+        self.delivery_pool.shutdown(wait=True)
+        log.info("worker stopped", extra={"worker_id": self.worker_id})
+
