@@ -97,7 +97,8 @@ class RedisServer:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
              "--requirepass", self.password, "--dir", str(self.workdir),
-             "--save", "", "--appendonly", "no", "--logfile", str(log)],
+             # A snapshot on shutdown, so a stop/start keeps the data like a real deployment.
+             "--save", "3600 1", "--appendonly", "no", "--logfile", str(log)],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
         _wait(self._answers, timeout=10, what="redis-server", process=self.process, log=log)

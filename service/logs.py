@@ -48,6 +48,18 @@ class _Formatter(JsonFormatter):
         return redact(super().format(record))
 
 
+def make_handler(stream: Any) -> logging.Handler:
+    """A handler writing our JSON lines (with request context and redaction) to `stream`."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_Formatter(
+        "{levelname}{name}{message}", style="{",
+        rename_fields={"levelname": "level", "name": "logger"},
+        timestamp=True,  # ISO-8601 UTC
+    ))
+    handler.addFilter(_ContextFilter())
+    return handler
+
+
 def configure(level: str = "INFO", stream: Any = None) -> None:
     root = logging.getLogger()
     root.setLevel(level)
@@ -55,14 +67,8 @@ def configure(level: str = "INFO", stream: Any = None) -> None:
         if handler.get_name() == _HANDLER_NAME:
             handler.setLevel(level)
             return
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = make_handler(stream or sys.stderr)
     handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(_Formatter(
-        "{levelname}{name}{message}", style="{",
-        rename_fields={"levelname": "level", "name": "logger"},
-        timestamp=True,  # ISO-8601 UTC
-    ))
-    handler.addFilter(_ContextFilter())
     root.addHandler(handler)
     for noisy in ("urllib3", "kubernetes", "werkzeug"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
