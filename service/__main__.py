@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         from .validate import run  # dev dependency: only this command needs it
 
         return run(settings)
+    if args.command in ("serve", "worker"):
+        try:
+            settings.check_serving()
+        except ConfigError as err:
+            print(f"configuration error: {err}", file=sys.stderr)
+            return 2
     if args.command == "serve":
         from .serve import serve
 

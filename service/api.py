@@ -43,7 +43,7 @@ _KUBE_HEALTH_CACHE_SECONDS = 5.0
 
 def create_app(settings: Settings, *, store: Store | None = None, kube: Kube | None = None,
                pods: PodClient | None = None) -> Flask:
-    settings.check()
+    settings.check_serving()
     logs.configure(settings.log_level)
     if settings.auth_disabled:
         log.warning("authentication is DISABLED (AUTH_DISABLED=true): local development only")

@@ -198,15 +198,25 @@ class Settings:
 
     def check(self) -> None:
         """Cross-field rules; also run on settings built in code (tests)."""
-        if not self.api_keys and not self.auth_disabled:
+        if self.delivery_lease_seconds <= self.pod_timeout_seconds:
             raise ConfigError(
-                "API_KEYS is empty: set one or more comma-separated keys, or AUTH_DISABLED=true "
-                "for local development only"
+                "DELIVERY_LEASE_SECONDS must be longer than POD_TIMEOUT_SECONDS "
+                f"({self.delivery_lease_seconds} <= {self.pod_timeout_seconds}): a delivery "
+                "still waiting on its pod must not be taken over by another worker"
             )
         if self.keda_cooldown_period_seconds >= self.idle_timeout_seconds:
             raise ConfigError(
                 "KEDA_COOLDOWN_PERIOD must be smaller than IDLE_TIMEOUT "
                 f"({self.keda_cooldown_period_seconds} >= {self.idle_timeout_seconds})"
+            )
+
+    def check_serving(self) -> None:
+        """Rules for processes that answer requests (render/validate don't need keys)."""
+        self.check()
+        if not self.api_keys and not self.auth_disabled:
+            raise ConfigError(
+                "API_KEYS is empty: set one or more comma-separated keys, or AUTH_DISABLED=true "
+                "for local development only"
             )
 
     def replace(self, **changes: object) -> Settings:
