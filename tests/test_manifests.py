@@ -351,9 +351,12 @@ def test_configmap_is_a_valid_configuration() -> None:
     data = _configmap_data()
     env = {**data, "API_KEYS": "k" * 32, "REDIS_PASSWORD": "not-the-real-one"}
     settings = Settings.from_env(env)
+    settings.check_serving()
     assert settings.namespace == SESSIONS_NAMESPACE
+    # The session bundle renders with the deployed settings, into the namespace the Role is in.
+    rendered = bundle.render(SESSION_ID, settings, store.keda_keys(SESSION_ID))
+    assert {o["metadata"]["namespace"] for o in rendered.objects} == {SESSIONS_NAMESPACE}
     assert settings.keda_redis_host == "redis.session-manager.svc.cluster.local"
-    assert set(data) <= set(env)
 
 
 def test_secrets_the_pods_read_are_the_documented_ones() -> None:
