@@ -99,7 +99,8 @@ class Settings:
         values = dict(
             redis_url=_redis_url(env),
             redis_socket_timeout_seconds=read.number(
-                "REDIS_SOCKET_TIMEOUT_SECONDS", defaults.redis_socket_timeout_seconds, float
+                "REDIS_SOCKET_TIMEOUT_SECONDS", defaults.redis_socket_timeout_seconds, float,
+                minimum=0.05,
             ),
             session_ttl_seconds=read.number("SESSION_TTL", defaults.session_ttl_seconds),
             idle_timeout_seconds=read.number("IDLE_TIMEOUT", defaults.idle_timeout_seconds),
@@ -163,7 +164,7 @@ class Settings:
                 "POD_URL_TEMPLATE", defaults.pod_url_template, _pod_url_template
             ),
             pod_timeout_seconds=read.number(
-                "POD_TIMEOUT_SECONDS", defaults.pod_timeout_seconds, float
+                "POD_TIMEOUT_SECONDS", defaults.pod_timeout_seconds, float, minimum=0.1
             ),
             max_body_bytes=read.number("MAX_BODY_BYTES", defaults.max_body_bytes),
             max_message_chars=read.number("MAX_MESSAGE_CHARS", defaults.max_message_chars),
@@ -188,7 +189,8 @@ class Settings:
                 "RECONCILE_GRACE_SECONDS", defaults.reconcile_grace_seconds, minimum=0
             ),
             worker_poll_interval_seconds=read.number(
-                "WORKER_POLL_INTERVAL_SECONDS", defaults.worker_poll_interval_seconds, float
+                "WORKER_POLL_INTERVAL_SECONDS", defaults.worker_poll_interval_seconds, float,
+                minimum=0.01,
             ),
             port=read.number("PORT", defaults.port, maximum=65535),
         )

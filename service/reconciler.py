@@ -15,7 +15,7 @@ from typing import Any
 
 from . import bundle
 from .config import Settings
-from .errors import SessionManagerError
+from .errors import KubeError, KubeUnavailable, SessionManagerError
 from .kube import DEPLOYMENT_KIND, Kube
 from .status import session_of
 from .store import Store, keda_keys
@@ -52,11 +52,26 @@ class Reconciler:
             log.info("reconciled", extra={"figures": figures})
         return figures
 
+    def _sweep(self, session_id: str, kinds: list[bundle.KindRef],
+               figures: dict[str, int]) -> bool:
+        """Label-sweep one session. A refusal about this session (403, 409...) is counted and
+        skipped so it cannot block every other session; an unreachable API stops the pass."""
+        try:
+            self.kube.delete(session_id, kinds)
+        except KubeUnavailable:
+            raise
+        except KubeError as err:
+            figures["errors"] += 1
+            log.warning("could not sweep the session's objects: %s", err.message,
+                        extra={"session_id": session_id})
+            return False
+        return True
+
     def _sweep_expired(self, kinds: list[bundle.KindRef], figures: dict[str, int]) -> None:
         for session_id in self.store.expired_ids(now=time.time()):
-            self.kube.delete(session_id, kinds)
-            self.store.delete_session(session_id)
-            figures["expired_swept"] += 1
+            if self._sweep(session_id, kinds, figures):
+                self.store.delete_session(session_id)
+                figures["expired_swept"] += 1
 
     def _live_bundles(self, kinds: list[bundle.KindRef]) -> dict[str, float]:
         """Session id -> oldest creation time (epoch s) of any of its objects."""
@@ -64,8 +79,8 @@ class Reconciler:
         for kind in kinds:
             for obj in self.kube.list_objects(kind, bundle.label_selector()):
                 session_id = session_of(obj)
-                if session_id is None:
-                    continue
+                if session_id is None or obj["metadata"].get("deletionTimestamp"):
+                    continue  # not ours, or already being deleted (e.g. waiting on KEDA)
                 created = _epoch(obj["metadata"].get("creationTimestamp"))
                 live[session_id] = min(created, live.get(session_id, created))
         return live
@@ -78,8 +93,8 @@ class Reconciler:
             if session_id not in known and created <= cutoff:
                 log.info("sweeping a bundle with no session record",
                          extra={"session_id": session_id})
-                self.kube.delete(session_id, kinds)
-                figures["orphans_swept"] += 1
+                if self._sweep(session_id, kinds, figures):
+                    figures["orphans_swept"] += 1
 
     def _check_records(self, live: dict[str, float], kinds: list[bundle.KindRef],
                        figures: dict[str, int]) -> None:
@@ -91,9 +106,9 @@ class Reconciler:
             if record is None or _epoch(record["created_at"]) > cutoff:
                 continue
             if record["status"] == "terminating":
-                self.kube.delete(session_id, kinds)  # a delete that died half-way
-                self.store.delete_session(session_id)
-                figures["deletes_finished"] += 1
+                if self._sweep(session_id, kinds, figures):  # a delete that died half-way
+                    self.store.delete_session(session_id)
+                    figures["deletes_finished"] += 1
             elif session_id not in deployments and record["status"] != "failed":
                 self.store.set_status(session_id, "failed", reason=BUNDLE_MISSING)
                 figures["records_failed"] += 1

@@ -45,10 +45,12 @@ def pod_failure_reason(pod: dict[str, Any]) -> str | None:
 
 
 def derive_status(deployment: DeploymentState, failure: str | None) -> tuple[str, str]:
-    if deployment.ready_replicas > 0:
-        return "running", ""
+    # Desired 0 first: a pod still ready while it is being scaled down is going away, and
+    # chats sent to it now should wait for the next wake, not be forwarded to it.
     if deployment.replicas == 0:
         return "sleeping", ""
+    if deployment.ready_replicas > 0:
+        return "running", ""
     if failure:
         return "failed", failure
     return "waking", ""
@@ -58,6 +60,9 @@ class StatusTracker:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._lock = threading.Lock()
+        # Deployment and Pod events arrive on two threads: deriving and writing under one lock
+        # keeps an older view from overwriting a newer one in Redis.
+        self._publish_lock = threading.Lock()
         self._deployments: dict[str, DeploymentState] = {}
         self._failures: dict[str, dict[str, str]] = {}  # session -> pod name -> reason
 
@@ -89,16 +94,17 @@ class StatusTracker:
         self._publish(session_id)
 
     def _publish(self, session_id: str) -> None:
-        with self._lock:
-            deployment = self._deployments.get(session_id)
-            failures = self._failures.get(session_id) or {}
-            failure = next(iter(sorted(failures.values())), None)
-        if deployment is None:
-            return  # a pod seen before its Deployment; the Deployment's event will publish
-        status, reason = derive_status(deployment, failure)
-        previous = self.store.set_status(
-            session_id, status, reason=reason, from_cluster=True,
-            replicas=deployment.replicas, ready_replicas=deployment.ready_replicas)
+        with self._publish_lock:
+            with self._lock:
+                deployment = self._deployments.get(session_id)
+                failures = self._failures.get(session_id) or {}
+                failure = next(iter(sorted(failures.values())), None)
+            if deployment is None:
+                return  # a pod seen before its Deployment; the Deployment's event will publish
+            status, reason = derive_status(deployment, failure)
+            previous = self.store.set_status(
+                session_id, status, reason=reason, from_cluster=True,
+                replicas=deployment.replicas, ready_replicas=deployment.ready_replicas)
         if previous is not None and previous != status:
             log.info("status %s -> %s", previous, status,
                      extra={"session_id": session_id, "reason": reason or None})

@@ -423,6 +423,10 @@ class Store:
         except UNAVAILABLE as err:
             raise _unavailable(err) from err
 
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give a named lease up, if `holder` still has it."""
+        self._run("release_lease", [_lease_key(name)], [holder])
+
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)

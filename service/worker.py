@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import bundle as bundle_module
@@ -29,17 +30,20 @@ log = logging.getLogger(__name__)
 
 LEADER_LEASE_SECONDS = 15
 MAX_BACKOFF_SECONDS = 60.0
+WATCH_TIMEOUT_SECONDS = 2  # a watch request ends this often: how soon a term notices its end
 
 
 class Worker:
     def __init__(self, settings: Settings, store: Store, kube: Kube,
                  pods: PodClient | None = None, *, worker_id: str | None = None,
-                 delivery_threads: int = 8) -> None:
+                 delivery_threads: int = 8,
+                 watch_timeout_seconds: int = WATCH_TIMEOUT_SECONDS) -> None:
         self.settings = settings
         self.store = store
         self.kube = kube
         self.pods = pods or PodClient(settings)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.watch_timeout_seconds = watch_timeout_seconds
         self.delivery_pool = ThreadPoolExecutor(delivery_threads, thread_name_prefix="deliver")
         self._draining: set[str] = set()
         self._draining_lock = threading.Lock()
@@ -140,15 +144,29 @@ class Worker:
             finally:
                 term_over.set()
                 renewer.join()
+        # A clean stop hands the role over at once instead of after the lease lapses.
+        try:
+            self.store.release_lease(name, self.worker_id)
+        except SessionManagerError as err:
+            log.warning("cannot release the %s lease: %s", name, err.message)
 
     def _renew(self, name: str, stop: threading.Event, term_over: threading.Event) -> None:
-        while not term_over.wait(LEADER_LEASE_SECONDS / 3):
+        """Renew the lease every third of its life; end the term when it is lost or at stop
+        (checked often, so a stopping worker does not hold its roles for seconds)."""
+        renew_at = time.monotonic() + LEADER_LEASE_SECONDS / 3
+        while not term_over.wait(0.2):
+            if stop.is_set():
+                term_over.set()
+                return
+            if time.monotonic() < renew_at:
+                continue
+            renew_at = time.monotonic() + LEADER_LEASE_SECONDS / 3
             try:
                 held = self.store.acquire_lease(name, self.worker_id,
                                                 seconds=LEADER_LEASE_SECONDS)
             except SessionManagerError:
                 held = False
-            if not held or stop.is_set():
+            if not held:
                 term_over.set()
 
     def watch_status(self, term_over: threading.Event) -> None:
@@ -169,10 +187,15 @@ class Worker:
         while not term_over.is_set():
             try:
                 for event_type, obj in self.kube.list_and_watch(
-                        kind, selector=selector, timeout_seconds=5, stop=term_over):
+                        kind, selector=selector, timeout_seconds=self.watch_timeout_seconds,
+                        stop=term_over):
                     handle(event_type, obj)
             except SessionManagerError as err:
                 log.warning("watching %s: %s", kind.kind, err.message)
+                term_over.wait(1)
+            except Exception:
+                # A surprise must not end this kind's watch for the rest of the term.
+                log.exception("watching %s failed unexpectedly", kind.kind)
                 term_over.wait(1)
 
     def reconcile_periodically(self, term_over: threading.Event) -> None:

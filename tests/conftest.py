@@ -6,11 +6,14 @@ flushed Redis. A missing binary is an error, never a skip: these layers are the 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,8 +21,10 @@ import requests
 
 from service import localcluster
 from service import store as store_module
+from service.api import create_app
 from service.config import REPO_ROOT, Settings
 from service.kube import Kube, load_api_client
+from service.worker import Worker
 
 API_KEY = "test-api-key-0123456789abcdef"
 _namespaces = itertools.count(1)
@@ -169,4 +174,98 @@ def wait_for(predicate, *, timeout: float = 10, interval: float = 0.05, what: st
         time.sleep(interval)
 
 
-__all__ = ["API_KEY", "DemoAgent", "mark_deployment_ready", "store_module", "wait_for"]
+class SessionApi:
+    """The REST API in-process (Flask's test client), called with the API key."""
+
+    def __init__(self, settings: Settings, kube: Kube) -> None:
+        self.app = create_app(settings, kube=kube)
+        self.client = self.app.test_client()
+        self.headers = {"X-API-Key": API_KEY}
+
+    def create(self, user_id: str = "user-1") -> str:
+        response = self.client.post("/session/create", json={"user_id": user_id},
+                                    headers=self.headers)
+        assert response.status_code == 201, response.get_json()
+        return response.get_json()["uuid"]
+
+    def chat(self, session_id: str, message: str,
+             message_id: str | None = None) -> tuple[int, dict]:
+        body = {"message": message}
+        if message_id is not None:
+            body["message_id"] = message_id
+        response = self.client.post(f"/session/{session_id}/chat", json=body,
+                                    headers=self.headers)
+        return response.status_code, response.get_json()
+
+    def messages(self, session_id: str) -> list[dict]:
+        response = self.client.get(f"/session/{session_id}/messages?limit=500",
+                                   headers=self.headers)
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()["messages"]
+
+    def status(self, session_id: str) -> dict:
+        response = self.client.get(f"/session/{session_id}/status", headers=self.headers)
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()
+
+    def close(self) -> None:
+        self.app.extensions["session_manager"]["store"].redis.close()
+
+
+@pytest.fixture
+def make_api(kube: Kube):
+    apis: list[SessionApi] = []
+
+    def make(settings: Settings) -> SessionApi:
+        apis.append(SessionApi(settings, kube))
+        return apis[-1]
+
+    yield make
+    for api in apis:
+        api.close()
+
+
+@pytest.fixture
+def make_worker(kube: Kube, store: store_module.Store):
+    """An in-process Worker; its watches end every second so a stopped term ends quickly."""
+    workers: list[Worker] = []
+
+    def make(settings: Settings) -> Worker:
+        workers.append(Worker(settings, store, kube, watch_timeout_seconds=1))
+        return workers[-1]
+
+    yield make
+    for worker in workers:
+        worker.delivery_pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def watching_status(worker: Worker) -> Iterator[None]:
+    """Run the worker's real Deployment + Pod watch (the status tracker) for the block."""
+    term_over = threading.Event()
+    thread = threading.Thread(target=worker.watch_status, args=(term_over,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        term_over.set()
+        thread.join(10)
+        assert not thread.is_alive(), "the status watch did not stop"
+
+
+@contextlib.contextmanager
+def running(worker: Worker) -> Iterator[None]:
+    """Run `worker.run` (delivery loop + leader roles) in a thread for the block."""
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(15)
+        assert not thread.is_alive(), "the worker did not stop"
+
+
+__all__ = ["API_KEY", "DemoAgent", "SessionApi", "mark_deployment_ready", "running",
+           "store_module", "wait_for", "watching_status"]

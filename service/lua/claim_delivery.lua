@@ -1,5 +1,7 @@
 -- A worker claims the next message of a session: the in-flight one first (a delivery whose
--- worker died), else the oldest queued one, moved atomically into the in-flight list.
+-- worker died, or one waiting for a retry), else the oldest queued one, moved atomically into
+-- the in-flight list. In-flight entries with nothing left to deliver (the conversation entry
+-- was trimmed, or a late attempt settled it) are dropped on the way, not left blocking.
 -- KEYS: record, queue, inflight, messages, pending_index, lease
 -- ARGV: id, lease_token, lease_ms, now_ms
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -12,25 +14,25 @@ if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
   return {'not_ready'}
 end
 if not redis.call('SET', KEYS[6], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'busy'} end
-local envelope = redis.call('LINDEX', KEYS[3], 0)
-if not envelope then envelope = redis.call('RPOPLPUSH', KEYS[2], KEYS[3]) end
-if not envelope then
-  redis.call('DEL', KEYS[6])
-  redis.call('ZREM', KEYS[5], ARGV[1])
-  return {'empty'}
-end
-local seq = cjson.decode(envelope)['seq']
-local stored = redis.call('HGET', KEYS[4], seq)
-if not stored then
-  -- Its conversation entry was trimmed or expired: nothing left to deliver.
+while true do
+  local envelope = redis.call('LINDEX', KEYS[3], 0)
+  if not envelope then envelope = redis.call('RPOPLPUSH', KEYS[2], KEYS[3]) end
+  if not envelope then
+    redis.call('DEL', KEYS[6])
+    redis.call('ZREM', KEYS[5], ARGV[1])
+    return {'empty'}
+  end
+  local seq = cjson.decode(envelope)['seq']
+  local stored = redis.call('HGET', KEYS[4], seq)
+  local message = stored and cjson.decode(stored)
+  if message and message['state'] ~= 'delivered' and message['state'] ~= 'failed' then
+    message['state'] = 'delivering'
+    message['attempts'] = (message['attempts'] or 0) + 1
+    stored = cjson.encode(message)
+    redis.call('HSET', KEYS[4], seq, stored)
+    -- Not due again before the lease lapses (the worker reschedules when it finishes).
+    redis.call('ZADD', KEYS[5], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[1])
+    return {'claimed', envelope, stored}
+  end
   redis.call('LREM', KEYS[3], 0, envelope)
-  redis.call('DEL', KEYS[6])
-  return {'empty'}
 end
-local message = cjson.decode(stored)
-message['state'] = 'delivering'
-message['attempts'] = (message['attempts'] or 0) + 1
-stored = cjson.encode(message)
-redis.call('HSET', KEYS[4], seq, stored)
-redis.call('ZADD', KEYS[5], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[1])
-return {'claimed', envelope, stored}

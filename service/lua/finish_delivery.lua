@@ -1,14 +1,18 @@
 -- End a delivery attempt. On success store the reply (once: a redelivery's reply does not
 -- overwrite it); on failure either keep the message in flight for a retry at retry_at_ms or,
 -- after max_attempts, mark it failed. Releases the lease and reschedules the session.
+-- A late finisher (its lease lapsed and the message was claimed again or settled meanwhile)
+-- may still record a reply, but a failure of its must not undo a newer outcome.
 -- KEYS: record, queue, inflight, messages, pending_index, lease, stats
 -- ARGV: id, envelope, lease_token, outcome ('delivered'|'failed'), reply_json_or_error,
 --       now_iso, now_ms, max_attempts, retry_at_ms
 local seq = cjson.decode(ARGV[2])['seq']
 local stored = redis.call('HGET', KEYS[4], seq)
 local retry_at = tonumber(ARGV[7])
+local holder = redis.call('GET', KEYS[6])
 if stored then
   local message = cjson.decode(stored)
+  local settled = message['state'] == 'delivered' or message['state'] == 'failed'
   if ARGV[4] == 'delivered' then
     if message['state'] ~= 'delivered' then
       message['state'] = 'delivered'
@@ -16,24 +20,33 @@ if stored then
       message['error'] = nil
       redis.call('HSET', KEYS[4], seq .. ':reply', ARGV[5])
       redis.call('HINCRBY', KEYS[7], 'delivered', 1)
+      redis.call('HSET', KEYS[4], seq, cjson.encode(message))
     end
     redis.call('LREM', KEYS[3], 0, ARGV[2])
+  elseif settled then
+    -- Another attempt already settled it: this failure is stale and changes nothing.
+    redis.call('LREM', KEYS[3], 0, ARGV[2])
+  elseif holder and holder ~= ARGV[3] then
+    -- This attempt's lease lapsed and another worker holds the message now: its outcome
+    -- decides (and it reschedules the session), not this stale failure.
+    return stored
   elseif (message['attempts'] or 0) >= tonumber(ARGV[8]) then
     message['state'] = 'failed'
     message['error'] = ARGV[5]
     message['failed_at'] = ARGV[6]
     redis.call('LREM', KEYS[3], 0, ARGV[2])
     redis.call('HINCRBY', KEYS[7], 'failed', 1)
+    redis.call('HSET', KEYS[4], seq, cjson.encode(message))
   else
     message['state'] = 'queued'
     message['error'] = ARGV[5]
     retry_at = tonumber(ARGV[9])
+    redis.call('HSET', KEYS[4], seq, cjson.encode(message))
   end
-  redis.call('HSET', KEYS[4], seq, cjson.encode(message))
 else
   redis.call('LREM', KEYS[3], 0, ARGV[2])
 end
-if redis.call('GET', KEYS[6]) == ARGV[3] then redis.call('DEL', KEYS[6]) end
+if holder == ARGV[3] then redis.call('DEL', KEYS[6]) end
 if redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3]) > 0
     and redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('ZADD', KEYS[5], retry_at, ARGV[1])

@@ -1,0 +1,151 @@
+"""A session's life as the cluster and KEDA see it: the activity key KEDA reads, status from the
+real Deployment and Pod watch, and the reconciler sweeping what has no (live) record. Against
+real Redis, the real API server and the demo agent as a real process."""
+
+from __future__ import annotations
+
+import time
+
+from kubernetes import client as k8s
+
+from service import bundle, names
+from service.bundle import KindRef
+from service.reconciler import Reconciler
+
+from .conftest import mark_deployment_ready, store_module, wait_for, watching_status
+
+
+def bundle_owners(kube, settings) -> list[str]:
+    """The session of every bundle object in the test's namespace, one entry per object."""
+    sample = names.new_session_id()
+    kinds = bundle.render(sample, settings, store_module.keda_keys(sample)).kinds()
+    return [obj["metadata"]["labels"][names.SESSION_LABEL]
+            for kind in kinds for obj in kube.list_objects(kind, bundle.label_selector())]
+
+
+def test_forwarded_chats_keep_the_session_active_for_keda_until_idle(
+        settings, store, kube, demo_agent, make_api, make_worker):
+    # IDLE_TIMEOUT 4 s, KEDA cooldown 1 s: the key must vanish 3 s after the last activity.
+    settings = settings.replace(pod_url_template=demo_agent.url, idle_timeout_seconds=4,
+                                keda_cooldown_period_seconds=1)
+    ttl_ms = settings.activity_ttl_seconds * 1000
+    assert ttl_ms == 3000
+    api = make_api(settings)
+    session_id = api.create()
+    activity, queue = store_module.activity_key(session_id), store_module.queue_key(session_id)
+    # These are the keys the session's ScaledObject triggers make KEDA read.
+    [scaled] = kube.list_objects(KindRef("keda.sh/v1alpha1", "ScaledObject"),
+                                 bundle.label_selector(session_id))
+    assert [t["metadata"]["listName"] for t in scaled["spec"]["triggers"]] == [queue, activity]
+    with watching_status(make_worker(settings)):
+        mark_deployment_ready(kube, session_id)
+        wait_for(lambda: api.status(session_id)["status"] == "running", what="running")
+
+    # A conversation longer than the key's TTL, every chat answered by the pod directly.
+    started, chats = time.monotonic(), 0
+    while True:
+        code, body = api.chat(session_id, "are you there?")
+        chats += 1
+        last_chat = time.monotonic()
+        assert (code, body["status"]) == (200, "processed")
+        assert store.redis.llen(queue) == 0  # nothing is ever queued...
+        assert ttl_ms - 500 < store.redis.pttl(activity) <= ttl_ms  # ...this key keeps it up
+        if last_chat - started > settings.activity_ttl_seconds + 1:
+            break
+        time.sleep(0.7)
+    assert store.redis.exists(activity)  # still counted as active, past its first TTL
+
+    wait_for(lambda: not store.redis.exists(activity), timeout=ttl_ms / 1000 + 2,
+             interval=0.02, what="the activity key to expire")
+    idle = time.monotonic() - last_chat
+    assert settings.activity_ttl_seconds - 0.5 < idle < settings.activity_ttl_seconds + 0.5
+    assert store.redis.llen(queue) == 0  # both triggers inactive: KEDA may now scale to 0
+    assert [m["state"] for m in api.messages(session_id)] == ["delivered"] * chats
+
+
+def test_status_follows_the_cluster_through_the_watch(
+        settings, kube, apiserver, make_api, make_worker):
+    api = make_api(settings)
+    session_id = api.create()
+    core = k8s.CoreV1Api(kube.api_client)
+    pod_name = f"{names.object_name(session_id)}-7d9f-abcde"
+
+    def status() -> tuple[str, str | None]:
+        body = api.status(session_id)
+        return body["status"], body.get("reason")
+
+    with watching_status(make_worker(settings)):
+        mark_deployment_ready(kube, session_id)
+        wait_for(lambda: status() == ("running", None), what="running")
+        assert api.status(session_id)["ready_replicas"] == 1
+
+        # KEDA scaled it to 0: asleep already while its pod is still shutting down...
+        k8s.AppsV1Api(kube.api_client).patch_namespaced_deployment_scale(
+            names.object_name(session_id), kube.namespace, {"spec": {"replicas": 0}})
+        wait_for(lambda: status() == ("sleeping", None), what="sleeping")
+        # ...and once the pod is gone.
+        mark_deployment_ready(kube, session_id, ready=0, replicas=0)
+        wait_for(lambda: api.status(session_id)["ready_replicas"] == 0, what="the pod gone")
+        assert status() == ("sleeping", None)
+
+        # Woken again, but its pod cannot pull its image.
+        mark_deployment_ready(kube, session_id, ready=0, replicas=1)
+        wait_for(lambda: status() == ("waking", None), what="waking")
+        labels = bundle.bundle_labels(session_id)
+        core.create_namespaced_pod(kube.namespace, {
+            "metadata": {"name": pod_name, "labels": labels},
+            "spec": {"containers": [{"name": "agent", "image": "no-such-image:0"}]},
+        })
+        core.patch_namespaced_pod_status(pod_name, kube.namespace, {"status": {
+            "phase": "Pending",
+            "containerStatuses": [{
+                "name": "agent", "image": "no-such-image:0", "imageID": "", "ready": False,
+                "restartCount": 0,
+                "state": {"waiting": {"reason": "ImagePullBackOff",
+                                      "message": "Back-off pulling image"}},
+            }],
+        }})
+        wait_for(lambda: status() == ("failed", "ImagePullBackOff"), what="failed")
+        assert api.status(session_id)["replicas"] == 1
+
+        # Someone fixed the image: the failing pod is replaced and the new one gets ready.
+        core.delete_namespaced_pod(pod_name, kube.namespace, grace_period_seconds=0)
+        wait_for(lambda: status() == ("waking", None), what="waking after the pod went")
+        mark_deployment_ready(kube, session_id)
+        wait_for(lambda: status() == ("running", None), what="running again")
+
+
+def test_reconciler_sweeps_orphan_bundles_and_expired_sessions(
+        settings, store, kube, make_api):
+    settings = settings.replace(reconcile_grace_seconds=0)
+    # A bundle whose create died before its record was written.
+    orphan = names.new_session_id()
+    kube.apply(bundle.render(orphan, settings, store_module.keda_keys(orphan)))
+    # KEDA puts its finalizer on every ScaledObject: a delete waits for the operator.
+    keda = k8s.CustomObjectsApi(kube.api_client)
+    scaled_object = ("keda.sh", "v1alpha1", kube.namespace, "scaledobjects",
+                     names.object_name(orphan))
+    keda.patch_namespaced_custom_object(
+        *scaled_object, {"metadata": {"finalizers": ["finalizer.keda.sh"]}})
+    # A session whose record expired (SESSION_TTL 2 s, no activity since).
+    expired = make_api(settings.replace(session_ttl_seconds=2)).create()
+    # A live session: left alone.
+    live = make_api(settings).create()
+    per_bundle = len(bundle_owners(kube, settings)) // 3
+    assert sorted(bundle_owners(kube, settings)) == sorted([orphan, expired, live] * per_bundle)
+    wait_for(lambda: not store.redis.exists(store_module.record_key(expired)), timeout=5,
+             what="the record to expire")
+
+    figures = Reconciler(settings, store, kube).run_once()
+
+    assert figures == {"expired_swept": 1, "orphans_swept": 1, "records_failed": 0,
+                       "deletes_finished": 0, "errors": 0}
+    assert store.expired_ids(now=time.time()) == []
+    assert store.counts()["total"] == 1  # the expired one is gone from the indexes too
+    # The orphan's ScaledObject waits for KEDA to drop its finalizer: being deleted already,
+    # it is not an orphan to sweep (and count) again.
+    assert keda.get_namespaced_custom_object(*scaled_object)["metadata"]["deletionTimestamp"]
+    assert not any(Reconciler(settings, store, kube).run_once().values())
+    keda.patch_namespaced_custom_object(*scaled_object, {"metadata": {"finalizers": None}})
+    # Nothing of the two is left in the namespace; the live session's bundle is untouched.
+    assert bundle_owners(kube, settings) == [live] * per_bundle
