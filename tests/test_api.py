@@ -387,7 +387,8 @@ def test_redis_outage_is_503_with_livez_up_and_recovers_without_restart(client, 
     finally:
         redis_server.start()
     assert client.get("/health").status_code == 200
-    assert client.get(f"/session/{sid}/status", headers=KEY).status_code == 200
+    after = client.get(f"/session/{sid}/status", headers=KEY)
+    assert after.status_code == 200, (after.json, store.redis.hgetall(store_module.record_key(sid)))
     assert create(client)["uuid"]
 
 
