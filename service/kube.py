@@ -311,8 +311,10 @@ class Kube:
 
     def list_and_watch(self, kind: KindRef, *, selector: str, timeout_seconds: int = 60,
                        stop: threading.Event | None = None) -> Iterator[tuple[str, dict]]:
-        """Yield (event type, object) forever: a LIST first (as ADDED), then WATCH events,
-        resuming from the last resourceVersion; a 410 Gone starts over with a fresh LIST."""
+        """Yield (event type, object) forever: first ("RELIST", {"items": [...]}) with the
+        whole current state — consumers replace what they knew, so objects deleted while no
+        watch was open are forgotten — then WATCH events, resuming from the last
+        resourceVersion (kept fresh by bookmarks); a 410 Gone starts over with a new LIST."""
         resource = self._resource(kind)
         while stop is None or not stop.is_set():
             listing = self._call(
@@ -320,8 +322,7 @@ class Kube:
                                      _request_timeout=self.timeout),
                 kind=kind.kind,
             )
-            for item in listing.items:
-                yield "ADDED", item.to_dict()
+            yield "RELIST", {"items": [item.to_dict() for item in listing.items]}
             version = listing.metadata.resourceVersion
             while stop is None or not stop.is_set():
                 watcher = watch.Watch()
@@ -329,6 +330,7 @@ class Kube:
                     for event in self.dynamic.watch(
                         resource, namespace=self.namespace, label_selector=selector,
                         resource_version=version, timeout=timeout_seconds, watcher=watcher,
+                        allow_watch_bookmarks=True,
                     ):
                         obj = event["raw_object"]
                         if event["type"] == "ERROR":
@@ -336,6 +338,8 @@ class Kube:
                                 break
                             raise KubeError(f"watch error: {obj.get('message')}")
                         version = obj["metadata"]["resourceVersion"]
+                        if event["type"] == "BOOKMARK":
+                            continue  # only moves `version` on, so a resume is not too old
                         yield event["type"], obj
                         if stop is not None and stop.is_set():
                             return

@@ -67,6 +67,14 @@ class StatusTracker:
         self._failures: dict[str, dict[str, str]] = {}  # session -> pod name -> reason
 
     def on_deployment(self, event_type: str, obj: dict[str, Any]) -> None:
+        if event_type == "RELIST":
+            fresh = {sid: state_of_deployment(item) for item in obj["items"]
+                     if (sid := session_of(item)) is not None}
+            with self._lock:
+                self._deployments = fresh
+            for session_id in fresh:
+                self._publish(session_id)
+            return
         session_id = session_of(obj)
         if session_id is None:
             return
@@ -78,6 +86,18 @@ class StatusTracker:
         self._publish(session_id)
 
     def on_pod(self, event_type: str, obj: dict[str, Any]) -> None:
+        if event_type == "RELIST":
+            fresh: dict[str, dict[str, str]] = {}
+            for item in obj["items"]:
+                session_id, reason = session_of(item), pod_failure_reason(item)
+                if session_id is not None and reason:
+                    fresh.setdefault(session_id, {})[item["metadata"]["name"]] = reason
+            with self._lock:
+                touched = set(self._failures) | set(fresh)  # failures that cleared, too
+                self._failures = fresh
+            for session_id in touched:
+                self._publish(session_id)
+            return
         session_id = session_of(obj)
         if session_id is None:
             return

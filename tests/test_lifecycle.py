@@ -149,3 +149,29 @@ def test_reconciler_sweeps_orphan_bundles_and_expired_sessions(
     keda.patch_namespaced_custom_object(*scaled_object, {"metadata": {"finalizers": None}})
     # Nothing of the two is left in the namespace; the live session's bundle is untouched.
     assert bundle_owners(kube, settings) == [live] * per_bundle
+
+
+def test_a_relist_forgets_a_failing_pod_deleted_while_no_watch_was_open(store):
+    """After a watch gap the tracker is handed the whole current state: a pod that failed and
+    was deleted meanwhile must not keep the session `failed`."""
+    from service.status import StatusTracker
+
+    session_id = store.reserve_id()
+    store.create_session(session_id, user_id="u", token_hash="x" * 64,
+                         now=store_module.utc_now())
+    labels = {names.MANAGED_BY_LABEL: names.MANAGED_BY_VALUE, names.SESSION_LABEL: session_id}
+    deployment = {"metadata": {"name": names.object_name(session_id), "labels": labels},
+                  "spec": {"replicas": 1}, "status": {}}
+    failing_pod = {"metadata": {"name": "pod-1", "labels": labels}, "status": {
+        "containerStatuses": [{"state": {"waiting": {"reason": "ErrImagePull"}}}]}}
+    tracker = StatusTracker(store)
+    tracker.on_deployment("RELIST", {"items": [deployment]})
+    assert store.get_session(session_id)["status"] == "waking"
+    tracker.on_pod("RELIST", {"items": [failing_pod]})
+    assert store.get_session(session_id)["reason"] == "ErrImagePull"
+    tracker.on_pod("RELIST", {"items": []})  # deleted during the gap: no DELETED event came
+    record = store.get_session(session_id)
+    assert (record["status"], record["reason"]) == ("waking", "")
+    tracker.on_deployment("RELIST", {"items": []})  # Deployment gone too: forgotten
+    tracker.on_pod("MODIFIED", failing_pod)
+    assert store.get_session(session_id)["status"] == "waking"  # nothing to publish against
