@@ -251,7 +251,6 @@ class Sessions:
                 limit=self.settings.max_queued_messages, retry_after_seconds=5)
         if mode == "duplicate":
             return self._replay(session_id, message_id, info)
-        self.store.touch(session_id)
         if info["paused"]:
             self._resume(session_id)
             self.store.set_status(session_id, "waking")

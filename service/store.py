@@ -328,15 +328,19 @@ class Store:
     def admit_chat(self, session_id: str, *, message_id: str, message: dict,
                    max_queued: int, max_kept: int, allow_forward: bool,
                    lease_seconds: int) -> tuple[str, dict]:
-        """Returns (mode, info): mode is forward|queued|duplicate|backlog|gone|terminating."""
+        """Returns (mode, info): mode is forward|queued|duplicate|backlog|gone|terminating.
+        An admitted message also counts as activity (TTLs and KEDA's activity key)."""
         token = secrets.token_hex(8)
+        now = utc_now()
         result = self._run(
             "admit_chat",
             [record_key(session_id), queue_key(session_id), _inflight_key(session_id),
              _messages_key(session_id), _message_ids_key(session_id), PENDING_INDEX,
-             _delivery_lease(session_id), STATS],
-            [session_id, message_id, json.dumps(message), _now_ms(), max_queued, max_kept,
-             token, lease_seconds * 1000, "1" if allow_forward else "0"],
+             _delivery_lease(session_id), STATS, EXPIRY_INDEX, activity_key(session_id)],
+            [session_id, message_id, json.dumps(message), int(now.timestamp() * 1000),
+             max_queued, max_kept, token, lease_seconds * 1000, "1" if allow_forward else "0",
+             iso(now), self.session_ttl, int(now.timestamp()) + self.session_ttl,
+             self.activity_ttl],
         )
         mode = result[0]
         if mode in ("forward", "queued"):

@@ -1,9 +1,12 @@
 -- Admit one chat message: dedupe by message_id, enforce the backlog cap, record it in the
 -- conversation, and either take the session's delivery lease to forward it straight to a ready
 -- pod (the message waits in the in-flight list meanwhile) or queue it for the worker.
--- KEYS: record, queue, inflight, messages, message_ids, pending_index, lease, stats
+-- An admitted message is activity: the record's TTLs and the activity key KEDA reads are
+-- refreshed here too, saving the chat path a round trip.
+-- KEYS: record, queue, inflight, messages, message_ids, pending_index, lease, stats,
+--       expiry_index, activity
 -- ARGV: id, message_id, message_json, now_ms, max_queued, max_kept, lease_token, lease_ms,
---       allow_forward
+--       allow_forward, now_iso, ttl_seconds, expires_at, activity_ttl_seconds
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'gone'} end
 if status == 'terminating' then return {'terminating'} end
@@ -44,4 +47,11 @@ if oldest > 0 then
     redis.call('HDEL', KEYS[4], oldest, oldest .. ':reply')
   end
 end
+redis.call('HSET', KEYS[1], 'last_activity', ARGV[10])
+for i = 1, 5 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[11]) end
+end
+redis.call('ZADD', KEYS[9], ARGV[12], ARGV[1])
+redis.call('SADD', KEYS[10], '1')
+redis.call('EXPIRE', KEYS[10], ARGV[13])
 return {mode, tostring(seq), envelope, redis.call('HGET', KEYS[1], 'paused') or '0'}
