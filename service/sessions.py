@@ -278,9 +278,8 @@ class Sessions:
         self.store.finish_delivery(
             session_id, envelope=info["envelope"], lease_token=info["lease_token"],
             delivered=True, reply_or_error=json.dumps(reply),
-            max_attempts=self.settings.delivery_max_attempts, retry_in_seconds=0)
-        self.store.count_forwarded()
-        self.store.touch(session_id)  # a reply is activity too
+            max_attempts=self.settings.delivery_max_attempts, retry_in_seconds=0,
+            forwarded=True)
         return Result(200, {"uuid": session_id, "status": "processed", "message_id": message_id,
                             "pod_response": reply})
 

@@ -263,9 +263,6 @@ class Store:
             counts[f"messages_{name}"] = int(stats.get(name, 0))
         return counts
 
-    def count_forwarded(self) -> None:
-        self._call(self.redis.hincrby, STATS, "forwarded", 1)
-
     def expired_ids(self, *, now: float, limit: int = 100) -> list[str]:
         """Ids whose record TTL has passed (the record is gone, the index entry is not)."""
         ids = self._call(self.redis.zrangebyscore, EXPIRY_INDEX, "-inf", int(now),
@@ -367,15 +364,21 @@ class Store:
 
     def finish_delivery(self, session_id: str, *, envelope: str, lease_token: str,
                         delivered: bool, reply_or_error: str, max_attempts: int,
-                        retry_in_seconds: float) -> dict:
-        now = _now_ms()
+                        retry_in_seconds: float, forwarded: bool = False) -> dict:
+        """Settle or reschedule an attempt; a delivery also counts as activity (and, when
+        `forwarded`, as a chat answered directly by the pod)."""
+        moment = utc_now()
+        now = int(moment.timestamp() * 1000)
         stored = self._run(
             "finish_delivery",
             [record_key(session_id), queue_key(session_id), _inflight_key(session_id),
-             _messages_key(session_id), PENDING_INDEX, _delivery_lease(session_id), STATS],
+             _messages_key(session_id), PENDING_INDEX, _delivery_lease(session_id), STATS,
+             EXPIRY_INDEX, activity_key(session_id)],
             [session_id, envelope, lease_token, "delivered" if delivered else "failed",
-             reply_or_error, iso(utc_now()), now, max_attempts,
-             now + int(retry_in_seconds * 1000)],
+             reply_or_error, iso(moment), now, max_attempts,
+             now + int(retry_in_seconds * 1000), self.session_ttl,
+             int(moment.timestamp()) + self.session_ttl, self.activity_ttl,
+             "forwarded" if forwarded else ""],
         )
         return json.loads(stored) if stored else {}
 

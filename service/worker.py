@@ -110,7 +110,6 @@ class Worker:
             session_id, envelope=claim["envelope"], lease_token=claim["lease_token"],
             delivered=True, reply_or_error=json.dumps(reply),
             max_attempts=self.settings.delivery_max_attempts, retry_in_seconds=0)
-        self.store.touch(session_id)
         log.info("message delivered", extra={"session_id": session_id,
                                              "message_id": message["message_id"]})
         return True

@@ -3,9 +3,11 @@
 -- after max_attempts, mark it failed. Releases the lease and reschedules the session.
 -- A late finisher (its lease lapsed and the message was claimed again or settled meanwhile)
 -- may still record a reply, but a failure of its must not undo a newer outcome.
--- KEYS: record, queue, inflight, messages, pending_index, lease, stats
+-- A delivered reply is activity: the record's TTL and KEDA's activity key are refreshed here.
+-- KEYS: record, queue, inflight, messages, pending_index, lease, stats, expiry_index, activity
 -- ARGV: id, envelope, lease_token, outcome ('delivered'|'failed'), reply_json_or_error,
---       now_iso, now_ms, max_attempts, retry_at_ms
+--       now_iso, now_ms, max_attempts, retry_at_ms, ttl_seconds, expires_at,
+--       activity_ttl_seconds, extra_counter ('' or a stats field to count a delivery under)
 local seq = cjson.decode(ARGV[2])['seq']
 local stored = redis.call('HGET', KEYS[4], seq)
 local retry_at = tonumber(ARGV[7])
@@ -52,6 +54,15 @@ if redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3]) > 0
   redis.call('ZADD', KEYS[5], retry_at, ARGV[1])
 else
   redis.call('ZREM', KEYS[5], ARGV[1])
+end
+if ARGV[4] == 'delivered' and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'last_activity', ARGV[6])
+  redis.call('EXPIRE', KEYS[1], ARGV[10])
+  redis.call('EXPIRE', KEYS[4], ARGV[10])
+  redis.call('ZADD', KEYS[8], ARGV[11], ARGV[1])
+  redis.call('SADD', KEYS[9], '1')
+  redis.call('EXPIRE', KEYS[9], ARGV[12])
+  if ARGV[13] ~= '' then redis.call('HINCRBY', KEYS[7], ARGV[13], 1) end
 end
 local message = redis.call('HGET', KEYS[4], seq)
 return message or ''
