@@ -65,6 +65,12 @@ class AgentState:
         os.replace(tmp, self.path)
 
 
+class Server(ThreadingHTTPServer):
+    # The stdlib default backlog of 5 makes concurrent connects stall on SYN retransmits.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class Handler(BaseHTTPRequestHandler):
     server_version = "demo-agent/0.1"
     state: AgentState
@@ -130,7 +136,7 @@ def main() -> None:
     Handler.delay_seconds = float(os.environ.get("AGENT_DELAY_SECONDS") or 0)
     Handler.session_id = os.environ.get("SESSION_ID", "")
     host = os.environ.get("AGENT_HOST") or "0.0.0.0"  # noqa: S104 - a pod serves its IP
-    server = ThreadingHTTPServer((host, port), Handler)
+    server = Server((host, port), Handler)
     print(json.dumps({"message": "demo agent listening", "port": port}), flush=True)
     try:
         server.serve_forever()

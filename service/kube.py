@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import json
 import logging
 import shutil
 import tempfile
@@ -185,10 +186,13 @@ class Kube:
         kind = KindRef.of(obj)
         resource = self._resource(kind)
         name = obj["metadata"]["name"]
+        # Sent as JSON text (valid YAML) and the answer left unparsed: the client's recursive
+        # (de)serialisation would otherwise be most of the CPU an apply costs.
+        body = json.dumps(obj)
         self._call(
             lambda: resource.server_side_apply(
-                body=obj, name=name, namespace=self.namespace, field_manager=FIELD_MANAGER,
-                force_conflicts=True, _request_timeout=self.timeout,
+                body=body, name=name, namespace=self.namespace, field_manager=FIELD_MANAGER,
+                force_conflicts=True, _request_timeout=self.timeout, serialize=False,
             ),
             kind=kind.kind, name=name,
         )
@@ -227,7 +231,8 @@ class Kube:
         try:
             self._call(
                 lambda: resource.delete(namespace=self.namespace, label_selector=selector,
-                                        body=body, _request_timeout=self.timeout),
+                                        body=body, _request_timeout=self.timeout,
+                                        serialize=False),
                 kind=kind.kind,
             )
             return
@@ -248,7 +253,7 @@ class Kube:
 
     def _delete_one(self, resource: Any, kind: KindRef, name: str, body: dict) -> None:
         self._call(lambda: resource.delete(name=name, namespace=self.namespace, body=body,
-                                           _request_timeout=self.timeout),
+                                           _request_timeout=self.timeout, serialize=False),
                    kind=kind.kind, name=name)
 
     def list_objects(self, kind: KindRef, selector: str) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -32,8 +33,11 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
 
 
 class Server(BaseApplication):
-    def __init__(self, settings: Settings) -> None:
+    """gunicorn with our options around the WSGI app `load()` builds (in each worker)."""
+
+    def __init__(self, settings: Settings, load: Callable[[], Any] | None = None) -> None:
         self.settings = settings
+        self._load = load
         super().__init__()
 
     def load_config(self) -> None:
@@ -42,6 +46,8 @@ class Server(BaseApplication):
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
+        if self._load is not None:
+            return self._load()
         from .api import create_app
 
         return create_app(self.settings)

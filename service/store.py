@@ -31,6 +31,8 @@ EXPIRY_INDEX = _P + "exp"  # score = when the record expires (epoch s); the reap
 PENDING_INDEX = _P + "pending"  # sessions with undelivered messages; score = due (epoch ms)
 CREATED_SEQ = _P + "seq"
 STATS = _P + "stats"  # message counters for /metrics
+# What a /sessions page shows of each record (reading only these keeps pages cheap).
+LISTED_FIELDS = ("user_id", "status", "created_at", "last_activity")
 
 _LUA = Path(__file__).resolve().parent / "lua"
 # Errors that mean "Redis cannot be reached now" (503); any other RedisError is a bug (500).
@@ -237,12 +239,13 @@ class Store:
             page = entries[:limit]
             pipe = self.redis.pipeline(transaction=False)
             for session_id, _ in page:
-                pipe.hgetall(record_key(session_id))
-            records = pipe.execute()
+                pipe.hmget(record_key(session_id), LISTED_FIELDS)
+            rows = pipe.execute()
         except UNAVAILABLE as err:
             raise _unavailable(err) from err
         # Records that expired but are not reaped yet are skipped, not shown half-empty.
-        sessions = [(sid, rec) for (sid, _), rec in zip(page, records, strict=True) if rec]
+        sessions = [(sid, dict(zip(LISTED_FIELDS, row, strict=True)))
+                    for (sid, _), row in zip(page, rows, strict=True) if row[0] is not None]
         next_cursor = int(page[-1][1]) if len(entries) > limit else None
         return sessions, next_cursor
 

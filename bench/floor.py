@@ -1,0 +1,39 @@
+"""The floor for the 202 chat path: the least a Flask app under our gunicorn can do per chat.
+
+`python -m bench.floor` serves it with exactly the service's gunicorn setup
+(`service.serve.Server`: same workers, threads, worker class, keep-alive), read from
+the same environment (PORT, BIND_ADDRESS, WEB_CONCURRENCY, WEB_THREADS, REDIS_URL).
+One route does one Redis LPUSH of the body and answers a small JSON 202.
+"""
+
+from __future__ import annotations
+
+import redis
+from flask import Flask, jsonify, request
+
+from service.config import Settings
+from service.serve import Server
+
+
+def create_floor_app(redis_url: str, socket_timeout_seconds: float) -> Flask:
+    client = redis.Redis.from_url(redis_url, socket_timeout=socket_timeout_seconds,
+                                  socket_connect_timeout=socket_timeout_seconds,
+                                  decode_responses=True)
+    app = Flask(__name__)
+
+    @app.post("/session/<session_id>/chat")
+    def chat(session_id: str):
+        client.lpush(f"floor:q:{session_id}", request.get_data(as_text=True))
+        return jsonify({"uuid": session_id, "status": "queued"}), 202
+
+    @app.get("/livez")
+    def livez():
+        return jsonify({"status": "alive"}), 200
+
+    return app
+
+
+if __name__ == "__main__":
+    settings = Settings.from_env()
+    Server(settings, load=lambda: create_floor_app(
+        settings.redis_url, settings.redis_socket_timeout_seconds)).run()

@@ -1,0 +1,413 @@
+"""Starting the real parts (Redis, API server, demo agent, gunicorn, workers) and statistics.
+
+Everything binds to 127.0.0.1 on random ports. Processes the bench starts get their own
+process group, so stopping one (a gunicorn master and its workers) ends exactly what it
+started. Parts start on first use: `--only memory` needs no API server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from service import localcluster, names
+from service.config import REPO_ROOT
+from service.kube import Kube, load_api_client
+from service.store import Store, hash_token, utc_now
+
+SERVICE_NAMESPACE = "bench"
+UNLIMITED = "1000000/minute"
+RATE_LIMITED_ROUTES = ("create", "wake", "sleep", "status", "chat", "delete", "messages")
+
+
+# -- statistics ---------------------------------------------------------------------------
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """Linear interpolation between closest ranks; q in 0..100."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    k = (len(ordered) - 1) * q / 100
+    low = math.floor(k)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
+
+
+def median(values: Iterable[float]) -> float:
+    return percentile(values, 50)
+
+
+def cpu_busy(interval: float = 0.5) -> float:
+    """Fraction of all CPUs busy over `interval` (Linux /proc/stat; 0 elsewhere)."""
+
+    def snapshot() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            values = [int(v) for v in stat.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    try:
+        total, idle = snapshot()
+        time.sleep(interval)
+        total2, idle2 = snapshot()
+    except OSError:
+        return 0.0
+    return 1 - (idle2 - idle) / max(1, total2 - total)
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(*, group: int | None = None, pid: int | None = None) -> float:
+    """User + system CPU seconds of one process, or of every process in a process group
+    (a gunicorn master and its workers), from /proc."""
+    total = 0
+    pids = [str(pid)] if pid is not None else [d for d in os.listdir("/proc") if d.isdigit()]
+    for entry in pids:
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if group is None or int(fields[2]) == group:
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICKS
+
+
+def settle(*, threshold: float = 0.15, max_seconds: float = 45) -> tuple[float, float]:
+    """Wait until the machine is quiet (a freshly started kube-apiserver runs its start-up
+    hooks for a while); returns (busy fraction, seconds waited)."""
+    started = time.monotonic()
+    busy = cpu_busy()
+    while busy > threshold and time.monotonic() - started < max_seconds:
+        busy = cpu_busy()
+    return busy, time.monotonic() - started
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+class Proc:
+    """A process the bench started, in its own process group, output in a log file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        with log.open("wb") as out:
+            self.popen = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, start_new_session=True,
+                                          cwd=REPO_ROOT)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, chars: int = 2000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def stop(self, timeout: float = 20) -> None:
+        if not self.alive():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGTERM)  # our own group: master + its workers
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str,
+               proc: Proc | None = None, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{what}: process exited with {proc.popen.returncode}:\n"
+                               f"{proc.tail()}")
+        if predicate():
+            return
+        time.sleep(interval)
+    raise RuntimeError(f"{what}: not ready after {timeout}s"
+                       + (f"\n{proc.tail()}" if proc else ""))
+
+
+def http_ok(port: int, path: str) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        conn.request("GET", path)
+        ok = conn.getresponse().status == 200
+        conn.close()
+        return ok
+    except OSError:
+        return False
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection; returns (status, body, seconds) per request."""
+
+    def __init__(self, port: int, headers: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.headers = headers or {}
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def request(self, method: str, path: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> tuple[int, bytes, float]:
+        data = None if body is None else json.dumps(body).encode()
+        all_headers = {**self.headers, **(headers or {})}
+        if data is not None:
+            all_headers["Content-Type"] = "application/json"
+        for attempt in (1, 2):
+            try:
+                started = time.perf_counter()
+                self.conn.request(method, path, body=data, headers=all_headers)
+                response = self.conn.getresponse()
+                payload = response.read()
+                return response.status, payload, time.perf_counter() - started
+            except (ConnectionError, http.client.HTTPException):
+                # The server closed an idle keep-alive connection: reconnect once.
+                self.conn.close()
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def json(self, method: str, path: str, body: Any = None, expect: int = 200) -> Any:
+        status, payload, _ = self.request(method, path, body)
+        if status != expect:
+            raise RuntimeError(f"{method} {path}: HTTP {status} {payload[:300]!r}")
+        return json.loads(payload)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# -- the environment ----------------------------------------------------------------------
+
+
+class Context:
+    """The run: options, a work directory and the parts, started on first use."""
+
+    def __init__(self, *, rounds: int, quick: bool, keep: bool = False,
+                 profile_dir: Path | None = None) -> None:
+        self.rounds = rounds
+        self.profile_dir = profile_dir  # --profile: where py-spy summaries go
+        self.quick = quick
+        self.keep = keep
+        self.workdir = Path(tempfile.mkdtemp(prefix="session-manager-bench-"))
+        self.api_key = "bench-" + secrets.token_hex(16)
+        self._redis: localcluster.RedisServer | None = None
+        self._apiserver: localcluster.KubeApiServer | None = None
+        self._store: Store | None = None
+        self._procs: dict[str, Proc] = {}
+        self._namespaces: set[str] = set()
+        self._kubes: list[Kube] = []
+        self.settled: list[float] = []  # machine busy fraction before each measurement
+
+    # -- parts --
+
+    def redis(self) -> localcluster.RedisServer:
+        if self._redis is None:
+            self._redis = localcluster.RedisServer(self.workdir / "redis").start()
+        return self._redis
+
+    def apiserver(self) -> localcluster.KubeApiServer:
+        if self._apiserver is None:
+            server = localcluster.KubeApiServer(self.workdir / "apiserver").start()
+            self._apiserver = server
+            admin = Kube(load_api_client(str(server.kubeconfig)), "default")
+            try:
+                admin.install_crds(localcluster.keda_crds())
+            finally:
+                admin.close()
+        return self._apiserver
+
+    def kube(self, namespace: str) -> Kube:
+        """A fresh Kube client on `namespace` (created if needed); closed at the end."""
+        server = self.apiserver()
+        kube = Kube(load_api_client(str(server.kubeconfig)), namespace)
+        if namespace not in self._namespaces:
+            kube.ensure_namespace(namespace)
+            self._namespaces.add(namespace)
+        self._kubes.append(kube)
+        return kube
+
+    def store(self) -> Store:
+        if self._store is None:
+            server = self.redis()
+            self._store = Store.from_url(server.url, socket_timeout_seconds=30,
+                                         session_ttl_seconds=86400, activity_ttl_seconds=90)
+        return self._store
+
+    def settle(self) -> None:
+        busy, waited = settle()
+        self.settled.append(busy)
+        print(f"    (machine {busy:.0%} busy after waiting {waited:.1f} s for it to settle)",
+              flush=True)
+
+    def flush(self) -> None:
+        """A clean Redis for the next figure (services keep their connections)."""
+        self.store().redis.flushall()
+
+    def cpu(self, proc: Proc) -> tuple[float, float]:
+        """CPU seconds used so far by `proc`'s process group and by redis-server."""
+        redis = self.redis().process
+        return (cpu_seconds(group=proc.pid),
+                cpu_seconds(pid=redis.pid) if redis is not None else 0.0)
+
+    def redis_info(self, section: str) -> dict[str, Any]:
+        return self.store().redis.info(section)
+
+    def agent(self) -> Proc:
+        """The repo's demo agent (the session pod contract), no state file, no delay, served
+        with a larger listen backlog (bench/pod.py)."""
+        if "agent" not in self._procs:
+            port = localcluster.free_port()
+            env = {**os.environ, "PORT": str(port), "AGENT_HOST": "127.0.0.1"}
+            proc = Proc("agent", [sys.executable, "-m", "bench.pod"], env,
+                        self.workdir / "agent.log")
+            proc.port = port  # type: ignore[attr-defined]
+            self._procs["agent"] = proc
+            wait_until(lambda: http_ok(port, "/healthz"), timeout=15, what="demo agent",
+                       proc=proc)
+        return self._procs["agent"]
+
+    def service_env(self, *, port: int, namespace: str, limits: bool) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "REDIS_URL": self.redis().url,
+            "KUBECONFIG": str(self.apiserver().kubeconfig),
+            "NAMESPACE": namespace,
+            "API_KEYS": self.api_key,
+            "PORT": str(port),
+            "BIND_ADDRESS": "127.0.0.1",
+            "LOG_LEVEL": "INFO",
+            "POD_URL_TEMPLATE": f"http://127.0.0.1:{self.agent().port}",  # type: ignore[attr-defined]
+            "MAX_QUEUED_MESSAGES": "1000000",
+            "RATE_LIMITS_ENABLED": "true" if limits else "false",
+        }
+        for route in RATE_LIMITED_ROUTES:
+            env[f"RATE_LIMIT_{route.upper()}"] = UNLIMITED  # limiter runs, never refuses
+        env.pop("AUTH_DISABLED", None)
+        return env
+
+    def service(self, variant: str = "limits-on") -> Proc:
+        """`python -m service serve` (gunicorn, production options) as a subprocess."""
+        if variant not in self._procs:
+            port = localcluster.free_port()
+            self.kube(SERVICE_NAMESPACE)  # the namespace the service applies bundles in
+            env = self.service_env(port=port, namespace=SERVICE_NAMESPACE,
+                                   limits=variant == "limits-on")
+            proc = Proc(f"service-{variant}", [sys.executable, "-m", "service", "serve"], env,
+                        self.workdir / f"service-{variant}.log")
+            proc.port = port  # type: ignore[attr-defined]
+            self._procs[variant] = proc
+            wait_until(lambda: http_ok(port, "/livez"), timeout=30,
+                       what=f"service ({variant})", proc=proc)
+        return self._procs[variant]
+
+    def floor(self) -> Proc:
+        """The baseline: a minimal Flask app under the same gunicorn options."""
+        if "floor" not in self._procs:
+            port = localcluster.free_port()
+            env = {**os.environ, "REDIS_URL": self.redis().url, "PORT": str(port),
+                   "BIND_ADDRESS": "127.0.0.1", "LOG_LEVEL": "INFO"}
+            proc = Proc("floor", [sys.executable, "-m", "bench.floor"], env,
+                        self.workdir / "floor.log")
+            proc.port = port  # type: ignore[attr-defined]
+            self._procs["floor"] = proc
+            wait_until(lambda: http_ok(port, "/livez"), timeout=30, what="floor app", proc=proc)
+        return self._procs["floor"]
+
+    def start_worker(self, name: str, namespace: str, extra_env: dict[str, str]) -> Proc:
+        """`python -m service worker`; returns once it logged that it started."""
+        self.kube(namespace)
+        env = {**self.service_env(port=localcluster.free_port(), namespace=namespace,
+                                  limits=True), **extra_env}
+        proc = Proc(name, [sys.executable, "-m", "service", "worker"], env,
+                    self.workdir / f"{name}.log")
+        self._procs[name] = proc
+        wait_until(lambda: "worker started" in proc.tail(100000), timeout=30,
+                   what=f"worker {name}", proc=proc)
+        return proc
+
+    def stop(self, name: str) -> None:
+        proc = self._procs.pop(name, None)
+        if proc is not None:
+            proc.stop()
+
+    def check_alive(self) -> None:
+        for proc in self._procs.values():
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n"
+                                   f"{proc.tail()}")
+
+    def close(self) -> None:
+        for name in list(self._procs):
+            self.stop(name)
+        for kube in self._kubes:
+            with contextlib.suppress(Exception):
+                kube.close()
+        if self._store is not None:
+            with contextlib.suppress(Exception):
+                self._store.redis.flushall()  # no snapshot of 100k sessions at shutdown
+            self._store.redis.close()
+        if self._redis is not None:
+            self._redis.stop()
+        if self._apiserver is not None:
+            self._apiserver.stop()
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+# -- sessions in bulk ---------------------------------------------------------------------
+
+
+def create_sessions(store: Store, count: int, *, batch: int = 1000,
+                    prefix: str = "bench-user") -> list[str]:
+    """`count` sessions through the store's own code path (`Store.create_session`, the same
+    Lua script), its calls queued on a pipeline `batch` at a time instead of one round trip
+    each. Ids come from `names.new_session_id` like `reserve_id`'s, without the reservation
+    key (the script deletes it anyway) — 80 random bits do not collide in a benchmark."""
+    pipe = store.redis.pipeline(transaction=False)
+    queued = Store(pipe, session_ttl_seconds=store.session_ttl,  # type: ignore[arg-type]
+                   activity_ttl_seconds=store.activity_ttl)
+    ids: list[str] = []
+    while len(ids) < count:
+        now = utc_now()
+        chunk = [names.new_session_id() for _ in range(min(batch, count - len(ids)))]
+        for index, session_id in enumerate(chunk, start=len(ids)):
+            queued.create_session(session_id, user_id=f"{prefix}-{index}@example.com",
+                                  token_hash=hash_token(secrets.token_urlsafe(32)), now=now)
+        results = pipe.execute()
+        if not all(results):
+            raise RuntimeError("create_session refused a fresh id")
+        ids.extend(chunk)
+    return ids
+
+
+def create_sessions_one_by_one(store: Store, count: int, prefix: str = "bench") -> list[str]:
+    """A few sessions exactly as `Sessions._create` makes them (reserve, then create)."""
+    ids = []
+    for index in range(count):
+        session_id = store.reserve_id()
+        store.create_session(session_id, user_id=f"{prefix}-{index}@example.com",
+                             token_hash=hash_token(secrets.token_urlsafe(32)), now=utc_now())
+        ids.append(session_id)
+    return ids
