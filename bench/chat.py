@@ -201,7 +201,7 @@ def chat200(ctx: Context) -> Figure:
         "Service side: keep-alive client → gunicorn → the chat route (rate limiter, admission "
         "in Redis, PodClient POST to the agent, delivery bookkeeping in Redis).",
         "Direct side: a new connection per request, as the service makes (the agent is "
-        "HTTP/1.0 and closes). Agent = demo_agent/agent.py's handler (via bench/pod.py), "
+        "HTTP/1.0 and closes). Agent = demo_agent/agent.py, "
         "no delay.",
     ]
     figure.data = {"rounds": [{"service_ms": [round(x, 3) for x in o],

@@ -275,12 +275,11 @@ class Context:
         return self.store().redis.info(section)
 
     def agent(self) -> Proc:
-        """The repo's demo agent (the session pod contract), no state file, no delay, served
-        with a larger listen backlog (bench/pod.py)."""
+        """The repo's demo agent (the session pod contract), no state file, no delay."""
         if "agent" not in self._procs:
             port = localcluster.free_port()
             env = {**os.environ, "PORT": str(port), "AGENT_HOST": "127.0.0.1"}
-            proc = Proc("agent", [sys.executable, "-m", "bench.pod"], env,
+            proc = Proc("agent", [sys.executable, str(REPO_ROOT / "demo_agent" / "agent.py")], env,
                         self.workdir / "agent.log")
             proc.port = port  # type: ignore[attr-defined]
             self._procs["agent"] = proc
