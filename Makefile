@@ -1,7 +1,6 @@
 # Thin wrappers; the real work lives in scripts/ and `python -m service`.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: venv apiserver run serve worker test lint bench e2e clean
 

@@ -97,8 +97,8 @@ class RedisServer:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
              "--requirepass", self.password, "--dir", str(self.workdir),
-             # A snapshot on shutdown, so a stop/start keeps the data like a real deployment.
-             "--save", "3600 1", "--appendonly", "no", "--logfile", str(log)],
+             # No periodic snapshots (FLUSHALL would write one each time); stop() saves one.
+             "--save", "", "--appendonly", "no", "--logfile", str(log)],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
         _wait(self._answers, timeout=10, what="redis-server", process=self.process, log=log)
@@ -113,9 +113,19 @@ class RedisServer:
         return False
 
     def stop(self) -> None:
+        """Shut down with a snapshot (SHUTDOWN SAVE), so a stop/start keeps the data the way
+        a real deployment's persistence would, whatever the server's save configuration."""
         if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=2
+            ) as sock:
+                sock.sendall(f"AUTH {self.password}\r\nSHUTDOWN SAVE\r\n".encode())
+                sock.recv(64)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.terminate()
+                self.process.wait(10)
         self.process = None
 
 
