@@ -182,10 +182,6 @@ class BundleError(SessionManagerError):
         self.template = template
 
 
-def error_body(status: int, message: str, code: str) -> dict[str, str]:
-    return {"error": message, "code": code}
-
-
 # Werkzeug's own HTTP errors (routing, size limit) mapped to our codes.
 HTTP_CODES = {
     400: "bad_request",

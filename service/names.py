@@ -20,7 +20,6 @@ MANAGED_BY_VALUE = "session-manager"
 SESSION_LABEL = "session-manager/session"
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
@@ -53,11 +52,6 @@ def object_name(session_id: str) -> str:
 def check_dns_label(value: str) -> None:
     if len(value) > 63 or not _DNS_LABEL.fullmatch(value):
         raise ValueError("must be a DNS-1035 label: a-z, 0-9 and '-', start with a letter, <= 63")
-
-
-def check_dns_1123_label(value: str) -> None:
-    if len(value) > 63 or not _DNS_1123_LABEL.fullmatch(value):
-        raise ValueError("must be a DNS-1123 label: a-z, 0-9 and '-', <= 63 characters")
 
 
 def check_dns_subdomain(value: str) -> None:

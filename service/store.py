@@ -212,10 +212,6 @@ class Store:
     def clear_activity(self, session_id: str) -> None:
         self._call(self.redis.delete, activity_key(session_id))
 
-    def activity_ttl_left(self, session_id: str) -> int:
-        """Seconds until KEDA stops counting the session as active (-2: not active)."""
-        return int(self._call(self.redis.ttl, activity_key(session_id)))
-
     def set_paused(self, session_id: str, paused: bool) -> None:
         self._call(self.redis.hset, record_key(session_id), "paused", "1" if paused else "0")
 
