@@ -45,7 +45,9 @@ def run_dev() -> int:
         notes.append("redis:      from REDIS_URL / REDIS_HOST")
 
     if not _has_cluster_config(env):
-        print("starting a local etcd + kube-apiserver (first run builds it: ~5-8 min)...",
+        cached = (localcluster.CACHE_DIR / "bin" / "kube-apiserver").is_file()
+        print("starting a local etcd + kube-apiserver"
+              + ("" if cached else " (building it first: ~5-8 min, cached afterwards)") + "...",
               flush=True)
         server = localcluster.KubeApiServer(WORKDIR / "apiserver", build=True).start()
         cleanups.append(server.stop)

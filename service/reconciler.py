@@ -17,8 +17,9 @@ from . import bundle
 from .config import Settings
 from .errors import KubeError, KubeUnavailable, SessionManagerError
 from .kube import DEPLOYMENT_KIND, Kube
+from .sessions import template_kinds
 from .status import session_of
-from .store import Store, keda_keys
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +32,10 @@ class Reconciler:
         self.store = store
         self.kube = kube
 
-    def sweep_kinds(self) -> list[bundle.KindRef]:
-        """Every kind the templates produce (rendered for a sample id: kinds do not vary)."""
-        sample = "s" + "a" * 16
-        return bundle.render(sample, self.settings, keda_keys(sample)).kinds()
-
     def run_once(self) -> dict[str, int]:
         figures = {"expired_swept": 0, "orphans_swept": 0, "records_failed": 0,
                    "deletes_finished": 0, "errors": 0}
-        kinds = self.sweep_kinds()
+        kinds = template_kinds(self.settings)
         try:
             self._sweep_expired(kinds, figures)
             live = self._live_bundles(kinds)

@@ -86,6 +86,13 @@ class PodError(Exception):
     pass
 
 
+def template_kinds(settings: Settings) -> list[bundle.KindRef]:
+    """Every kind the templates produce: what a sweep must cover. Kinds do not depend on the
+    session, so a sample id stands in."""
+    sample = "s" + "a" * 16
+    return bundle.render(sample, settings, keda_keys(sample)).kinds()
+
+
 def public_session(session_id: str, record: dict[str, str]) -> dict[str, Any]:
     return {"uuid": session_id, "user_id": record["user_id"], "status": record["status"],
             "created_at": record["created_at"], "last_activity": record["last_activity"]}
@@ -165,7 +172,7 @@ class Sessions:
     def delete(self, session_id: str) -> Result:
         self.record(session_id)
         self.store.set_status(session_id, "terminating")  # chats now get 409
-        self.kube.delete(session_id, self.render(session_id).kinds())
+        self.kube.delete(session_id, template_kinds(self.settings))
         self.store.delete_session(session_id)
         log.info("session deleted", extra={"session_id": session_id})
         return Result(200, {"uuid": session_id, "status": "terminated",
