@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: venv apiserver run serve worker test lint bench e2e clean
+.PHONY: venv binaries run serve worker test lint bench e2e clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -11,13 +11,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-# kube-apiserver from Debian's kubernetes source package, cached outside the repo.
-apiserver:
-	bash scripts/build-kube-apiserver.sh >/dev/null
+# Kubernetes 1.35 and KEDA 2.20 from their Go modules, cached outside the repo (~10 min cold).
+binaries:
+	bash scripts/build-cluster-binaries.sh all >/dev/null
 
-# Serve the API (and a worker) on a fresh machine: local Redis and API server when none is configured.
-run: venv apiserver
-	$(PYTHON) -m service dev
+# The API and a worker on a fresh machine: on the full local stack (real kubelet, KEDA, images)
+# where the machine allows it, else API-only mode; the banner says which and why.
+run: venv binaries
+	$(PYTHON) -m devcluster run
 
 serve: venv
 	$(PYTHON) -m service serve
@@ -25,14 +26,14 @@ serve: venv
 worker: venv
 	$(PYTHON) -m service worker
 
-test: venv apiserver
+test: venv binaries
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest
 
 lint: venv
 	$(PYTHON) -m ruff check .
 
-bench: venv apiserver
+bench: venv binaries
 	$(PYTHON) -m bench
 
 e2e:

@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from service import localcluster, names
+from devcluster import apiserver as local
+from service import names
 from service.config import REPO_ROOT
 from service.kube import Kube, load_api_client
 from service.store import Store, hash_token, utc_now
@@ -212,8 +213,8 @@ class Context:
         self.keep = keep
         self.workdir = Path(tempfile.mkdtemp(prefix="session-manager-bench-"))
         self.api_key = "bench-" + secrets.token_hex(16)
-        self._redis: localcluster.RedisServer | None = None
-        self._apiserver: localcluster.KubeApiServer | None = None
+        self._redis: local.RedisServer | None = None
+        self._apiserver: local.KubeApiServer | None = None
         self._store: Store | None = None
         self._procs: dict[str, Proc] = {}
         self._namespaces: set[str] = set()
@@ -222,18 +223,18 @@ class Context:
 
     # -- parts --
 
-    def redis(self) -> localcluster.RedisServer:
+    def redis(self) -> local.RedisServer:
         if self._redis is None:
-            self._redis = localcluster.RedisServer(self.workdir / "redis").start()
+            self._redis = local.RedisServer(self.workdir / "redis").start()
         return self._redis
 
-    def apiserver(self) -> localcluster.KubeApiServer:
+    def apiserver(self) -> local.KubeApiServer:
         if self._apiserver is None:
-            server = localcluster.KubeApiServer(self.workdir / "apiserver").start()
+            server = local.KubeApiServer(self.workdir / "apiserver").start()
             self._apiserver = server
             admin = Kube(load_api_client(str(server.kubeconfig)), "default")
             try:
-                admin.install_crds(localcluster.keda_crds())
+                admin.install_crds(local.keda_crds())
             finally:
                 admin.close()
         return self._apiserver
@@ -277,7 +278,7 @@ class Context:
     def agent(self) -> Proc:
         """The repo's demo agent (the session pod contract), no state file, no delay."""
         if "agent" not in self._procs:
-            port = localcluster.free_port()
+            port = local.free_port()
             env = {**os.environ, "PORT": str(port), "AGENT_HOST": "127.0.0.1"}
             proc = Proc("agent", [sys.executable, str(REPO_ROOT / "demo_agent" / "agent.py")], env,
                         self.workdir / "agent.log")
@@ -309,7 +310,7 @@ class Context:
     def service(self, variant: str = "limits-on") -> Proc:
         """`python -m service serve` (gunicorn, production options) as a subprocess."""
         if variant not in self._procs:
-            port = localcluster.free_port()
+            port = local.free_port()
             self.kube(SERVICE_NAMESPACE)  # the namespace the service applies bundles in
             env = self.service_env(port=port, namespace=SERVICE_NAMESPACE,
                                    limits=variant == "limits-on")
@@ -324,7 +325,7 @@ class Context:
     def floor(self) -> Proc:
         """The baseline: a minimal Flask app under the same gunicorn options."""
         if "floor" not in self._procs:
-            port = localcluster.free_port()
+            port = local.free_port()
             env = {**os.environ, "REDIS_URL": self.redis().url, "PORT": str(port),
                    "BIND_ADDRESS": "127.0.0.1", "LOG_LEVEL": "INFO"}
             proc = Proc("floor", [sys.executable, "-m", "bench.floor"], env,
@@ -337,7 +338,7 @@ class Context:
     def start_worker(self, name: str, namespace: str, extra_env: dict[str, str]) -> Proc:
         """`python -m service worker`; returns once it logged that it started."""
         self.kube(namespace)
-        env = {**self.service_env(port=localcluster.free_port(), namespace=namespace,
+        env = {**self.service_env(port=local.free_port(), namespace=namespace,
                                   limits=True), **extra_env}
         proc = Proc(name, [sys.executable, "-m", "service", "worker"], env,
                     self.workdir / f"{name}.log")

@@ -10,7 +10,8 @@ GET /deliveries returns that log.
 
 Environment: PORT (default 1111), AGENT_HOST (default 0.0.0.0), SESSION_ID,
 AGENT_DELAY_SECONDS (time spent "thinking"), AGENT_STATE_FILE. A message starting with "fail:"
-answers 500, to exercise retries.
+answers 500, to exercise retries; one starting with "slow:N " thinks N more seconds (at most
+120), to play a slow LLM agent.
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.delay_seconds:
             time.sleep(self.delay_seconds)
+        if message.startswith("slow:"):
+            seconds = message[len("slow:"):].split(" ", 1)[0]
+            time.sleep(min(120.0, float(seconds) if seconds.replace(".", "", 1).isdigit() else 0))
         if message.startswith("fail:"):
             self._send(500, {"error": "the agent failed on purpose"})
             return

@@ -165,7 +165,7 @@ class TestSessionLifecycle:
             "    sys.exit(0)\n"
             "sys.exit(3)\n"
         )
-        result = kubectl.run("exec", pod["metadata"]["name"], "--", "python", "-c", probe,
+        result = kubectl.run("exec", pod["metadata"]["name"], "--", "python3", "-c", probe,
                              check=False)
         assert result.returncode != 3, "a session pod can connect to Redis: NetworkPolicy?"
         assert result.returncode == 0, f"DNS lookup failed in the session pod: {result.stderr}"

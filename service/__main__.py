@@ -1,4 +1,6 @@
-"""`python -m service COMMAND`: render, validate, serve, worker, dev."""
+"""`python -m service COMMAND`: render, validate, serve, worker.
+
+The local development stack (`make run`) is `python -m devcluster`, outside the service."""
 
 from __future__ import annotations
 
@@ -18,13 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("validate", help="render a sample bundle and validate it")
     commands.add_parser("serve", help="serve the API with gunicorn")
     commands.add_parser("worker", help="deliver messages, watch status, reconcile")
-    commands.add_parser("dev", help="serve + worker with a local Redis and API server if needed")
     args = parser.parse_args(argv)
 
-    if args.command == "dev":
-        from .dev import run_dev
-
-        return run_dev()
     try:
         settings = Settings.from_env()
     except ConfigError as err:

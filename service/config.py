@@ -328,8 +328,9 @@ def _pod_url_template(raw: str) -> None:
     if not raw.startswith(("http://", "https://")):
         raise ValueError("must start with http:// or https://")
     try:
-        raw.format(name="n", namespace="ns", session_id="s", port=1)
+        raw.format(name="n", namespace="ns", session_id="s", port=1, pod_ip="10.0.0.1")
     except (KeyError, IndexError, ValueError) as err:
         raise ValueError(
-            f"placeholders may be {{name}}, {{namespace}}, {{session_id}}, {{port}} ({err})"
+            "placeholders may be {name}, {namespace}, {session_id}, {port}, {pod_ip} "
+            f"({err})"
         ) from None

@@ -393,6 +393,16 @@ class Kube:
             body=body, name=name, field_manager=FIELD_MANAGER, force_conflicts=True),
             kind="Namespace", name=name)
 
+    def ensure_secret(self, name: str, data: dict[str, str]) -> None:
+        """A Secret in this namespace (e.g. the Redis password KEDA's TriggerAuthentication
+        reads), applied so a re-run updates it."""
+        resource = self._resource(KindRef("v1", "Secret"))
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": name, "namespace": self.namespace}, "stringData": data}
+        self._call(lambda: resource.server_side_apply(
+            body=body, name=name, namespace=self.namespace, field_manager=FIELD_MANAGER,
+            force_conflicts=True), kind="Secret", name=name)
+
     # -- health --------------------------------------------------------------------------
 
     def ping(self) -> str:

@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,10 +46,18 @@ class Result:
 
 
 class PodClient:
-    """POST /chat of the session pod contract (SPEC §7)."""
+    """POST /chat of the session pod contract (SPEC §7).
 
-    def __init__(self, settings: Settings) -> None:
+    The pod is reached through POD_URL_TEMPLATE: by its Service's DNS name in a cluster with
+    DNS (the default), or by `{pod_ip}`, the address of its ready pod as the status watch saw
+    it (`address_of`), where the control plane has no cluster DNS (the local stack).
+    """
+
+    def __init__(self, settings: Settings,
+                 address_of: Callable[[str], str | None] | None = None) -> None:
         self.settings = settings
+        self.address_of = address_of
+        self.needs_address = "{pod_ip}" in settings.pod_url_template
         self.http = requests.Session()
         # Pods are addressed directly: no proxy from the environment, and no re-reading of
         # proxy variables and netrc on every call (a quarter of a forward's CPU otherwise).
@@ -58,16 +67,22 @@ class PodClient:
         self.http.mount("https://", adapter)
 
     def url(self, session_id: str) -> str:
+        pod_ip = ""
+        if self.needs_address:
+            pod_ip = (self.address_of(session_id) if self.address_of else None) or ""
+            if not pod_ip:
+                raise PodError("pod address not known yet")
         return self.settings.pod_url_template.format(
             name=names.object_name(session_id), namespace=self.settings.namespace,
-            session_id=session_id, port=self.settings.user_pod_port,
+            session_id=session_id, port=self.settings.user_pod_port, pod_ip=pod_ip,
         )
 
     def chat(self, session_id: str, message: str, message_id: str) -> dict:
         """The pod's JSON reply; raises PodError when it cannot be had."""
+        url = self.url(session_id)
         try:
             response = self.http.post(
-                self.url(session_id).rstrip("/") + "/chat",
+                url.rstrip("/") + "/chat",
                 json={"message": message, "message_id": message_id, "session_id": session_id},
                 timeout=self.settings.pod_timeout_seconds,
             )
@@ -104,7 +119,7 @@ class Sessions:
         self.settings = settings
         self.store = store
         self.kube = kube
-        self.pods = pods or PodClient(settings)
+        self.pods = pods or PodClient(settings, address_of=store.pod_address)
 
     # -- lookup --------------------------------------------------------------------------
 

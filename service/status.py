@@ -44,6 +44,16 @@ def pod_failure_reason(pod: dict[str, Any]) -> str | None:
     return None
 
 
+def ready_pod_ip(pod: dict[str, Any]) -> str | None:
+    """The pod's IP while it is Ready and not being deleted: where chats may go."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    status = pod.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or [])
+    return (status.get("podIP") or None) if ready else None
+
+
 def derive_status(deployment: DeploymentState, failure: str | None) -> tuple[str, str]:
     # Desired 0 first: a pod still ready while it is being scaled down is going away, and
     # chats sent to it now should wait for the next wake, not be forwarded to it.
@@ -65,6 +75,7 @@ class StatusTracker:
         self._publish_lock = threading.Lock()
         self._deployments: dict[str, DeploymentState] = {}
         self._failures: dict[str, dict[str, str]] = {}  # session -> pod name -> reason
+        self._addresses: dict[str, dict[str, str]] = {}  # session -> pod name -> ready IP
 
     def on_deployment(self, event_type: str, obj: dict[str, Any]) -> None:
         if event_type == "RELIST":
@@ -88,13 +99,18 @@ class StatusTracker:
     def on_pod(self, event_type: str, obj: dict[str, Any]) -> None:
         if event_type == "RELIST":
             fresh: dict[str, dict[str, str]] = {}
+            addresses: dict[str, dict[str, str]] = {}
             for item in obj["items"]:
                 session_id, reason = session_of(item), pod_failure_reason(item)
                 if session_id is not None and reason:
                     fresh.setdefault(session_id, {})[item["metadata"]["name"]] = reason
+                if session_id is not None and (ip := ready_pod_ip(item)):
+                    addresses.setdefault(session_id, {})[item["metadata"]["name"]] = ip
             with self._lock:
-                touched = set(self._failures) | set(fresh)  # failures that cleared, too
+                # Failures and addresses that cleared, too.
+                touched = set(self._failures) | set(fresh) | set(self._addresses) | set(addresses)
                 self._failures = fresh
+                self._addresses = addresses
             for session_id in touched:
                 self._publish(session_id)
             return
@@ -103,7 +119,15 @@ class StatusTracker:
             return
         pod_name = (obj.get("metadata") or {}).get("name", "")
         reason = None if event_type == "DELETED" else pod_failure_reason(obj)
+        address = None if event_type == "DELETED" else ready_pod_ip(obj)
         with self._lock:
+            addresses = self._addresses.setdefault(session_id, {})
+            if address:
+                addresses[pod_name] = address
+            else:
+                addresses.pop(pod_name, None)
+            if not addresses:
+                self._addresses.pop(session_id, None)
             failures = self._failures.setdefault(session_id, {})
             if reason:
                 failures[pod_name] = reason
@@ -119,12 +143,15 @@ class StatusTracker:
                 deployment = self._deployments.get(session_id)
                 failures = self._failures.get(session_id) or {}
                 failure = next(iter(sorted(failures.values())), None)
+                addresses = self._addresses.get(session_id) or {}
+                pod_ip = addresses[min(addresses)] if addresses else ""
             if deployment is None:
                 return  # a pod seen before its Deployment; the Deployment's event will publish
             status, reason = derive_status(deployment, failure)
             previous = self.store.set_status(
                 session_id, status, reason=reason, from_cluster=True,
-                replicas=deployment.replicas, ready_replicas=deployment.ready_replicas)
+                replicas=deployment.replicas, ready_replicas=deployment.ready_replicas,
+                pod_ip=pod_ip)
         if previous is not None and previous != status:
             log.info("status %s -> %s", previous, status,
                      extra={"session_id": session_id, "reason": reason or None})

@@ -185,6 +185,10 @@ class Store:
         record = self._call(self.redis.hgetall, record_key(session_id))
         return record or None
 
+    def pod_address(self, session_id: str) -> str | None:
+        """The ready pod's IP, as the status watch last saw it."""
+        return self._call(self.redis.hget, record_key(session_id), "pod_ip") or None
+
     def set_status(self, session_id: str, status: str, *, reason: str = "",
                    from_cluster: bool = False, **fields: Any) -> str | None:
         """Returns the previous status, or None when the record is gone. A terminating session

@@ -27,7 +27,7 @@ import kubernetes_validate
 from kubernetes_validate import utils as kv_utils
 
 from . import bundle as bundle_module
-from . import localcluster, store
+from . import store
 from .config import Settings
 from .errors import BundleError
 
@@ -142,7 +142,9 @@ def run(settings: Settings, out: TextIO = sys.stdout) -> int:
         print(f"error: {err.message}", file=out)
         print("1 problem: the bundle did not render", file=out)
         return 1
-    problems = validate_bundle(rendered, localcluster.keda_crds(), _shown(settings.templates_dir))
+    from devcluster.paths import keda_crds  # KEDA's own CRDs, from its module (dev tooling)
+
+    problems = validate_bundle(rendered, keda_crds(), _shown(settings.templates_dir))
     for problem in problems:
         print(problem, file=out)
     errors = [p for p in problems if not p.warning]

@@ -41,7 +41,7 @@ class Worker:
         self.settings = settings
         self.store = store
         self.kube = kube
-        self.pods = pods or PodClient(settings)
+        self.pods = pods or PodClient(settings, address_of=store.pod_address)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.watch_timeout_seconds = watch_timeout_seconds
         self.delivery_pool = ThreadPoolExecutor(delivery_threads, thread_name_prefix="deliver")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from service import localcluster
+from devcluster import apiserver as local
 from service import store as store_module
 from service.api import create_app
 from service.config import REPO_ROOT, Settings
@@ -31,11 +31,11 @@ _namespaces = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
-def apiserver(tmp_path_factory: pytest.TempPathFactory) -> localcluster.KubeApiServer:
-    server = localcluster.KubeApiServer(tmp_path_factory.mktemp("apiserver")).start()
+def apiserver(tmp_path_factory: pytest.TempPathFactory) -> local.KubeApiServer:
+    server = local.KubeApiServer(tmp_path_factory.mktemp("apiserver")).start()
     try:
         admin = Kube(load_api_client(str(server.kubeconfig)), "default")
-        admin.install_crds(localcluster.keda_crds())
+        admin.install_crds(local.keda_crds())
         admin.close()
         yield server
     finally:
@@ -43,14 +43,14 @@ def apiserver(tmp_path_factory: pytest.TempPathFactory) -> localcluster.KubeApiS
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> localcluster.RedisServer:
-    server = localcluster.RedisServer(tmp_path_factory.mktemp("redis")).start()
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> local.RedisServer:
+    server = local.RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def namespace(apiserver: localcluster.KubeApiServer) -> str:
+def namespace(apiserver: local.KubeApiServer) -> str:
     name = f"t{os.getpid()}-{next(_namespaces)}"
     admin = Kube(load_api_client(str(apiserver.kubeconfig)), name)
     admin.ensure_namespace(name)
@@ -59,14 +59,14 @@ def namespace(apiserver: localcluster.KubeApiServer) -> str:
 
 
 @pytest.fixture
-def kube(apiserver: localcluster.KubeApiServer, namespace: str) -> Kube:
+def kube(apiserver: local.KubeApiServer, namespace: str) -> Kube:
     client = Kube(load_api_client(str(apiserver.kubeconfig)), namespace)
     yield client
     client.close()
 
 
 @pytest.fixture
-def settings(namespace: str, redis_server: localcluster.RedisServer) -> Settings:
+def settings(namespace: str, redis_server: local.RedisServer) -> Settings:
     return Settings(
         api_keys=(API_KEY,),
         namespace=namespace,
@@ -76,7 +76,7 @@ def settings(namespace: str, redis_server: localcluster.RedisServer) -> Settings
 
 
 @pytest.fixture
-def store(settings: Settings, redis_server: localcluster.RedisServer) -> store_module.Store:
+def store(settings: Settings, redis_server: local.RedisServer) -> store_module.Store:
     if redis_server.process is None:
         redis_server.start()  # a previous test stopped it
     client = store_module.Store.from_url(
@@ -93,7 +93,7 @@ class DemoAgent:
     """The repo's demo agent as a real process on a random loopback port."""
 
     def __init__(self, workdir: Path, *, delay_seconds: float = 0) -> None:
-        self.port = localcluster.free_port()
+        self.port = local.free_port()
         self.state_file = workdir / "agent-state.json"
         self.delay_seconds = delay_seconds
         self.process: subprocess.Popen | None = None

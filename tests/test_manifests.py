@@ -232,7 +232,7 @@ def test_api_deployment_shape() -> None:
     worker = _one("Deployment", "session-manager-worker")
     (worker_container,) = worker["spec"]["template"]["spec"]["containers"]
     assert worker_container["image"] == container["image"]
-    assert worker_container["command"] == ["python", "-m", "service", "worker"]
+    assert worker_container["command"] == ["python3", "-m", "service", "worker"]
 
 
 def test_selectors_match_their_pods() -> None:

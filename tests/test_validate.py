@@ -114,13 +114,14 @@ def test_kind_without_a_schema_warns_but_passes(settings, templates):
 
 
 def test_validate_bundle_reports_structured_problems():
-    from service import bundle, localcluster, store
+    from devcluster import paths
+    from service import bundle, store
 
     session = validate.SAMPLE_SESSION_ID
     rendered = bundle.render(session, Settings(auth_disabled=True), store.keda_keys(session))
     scaled = next(obj for obj in rendered.objects if obj["kind"] == "ScaledObject")
     scaled["spec"]["pollingInterval"] = "five"
-    [problem] = validate.validate_bundle(rendered, localcluster.keda_crds())
+    [problem] = validate.validate_bundle(rendered, paths.keda_crds())
     assert (problem.template, problem.kind, problem.path) == (
         "scaledobject.yaml", "ScaledObject", "spec.pollingInterval")
     assert str(problem) == (

@@ -53,5 +53,11 @@ for i = 1, 5 do
 end
 redis.call('ZADD', KEYS[9], ARGV[12], ARGV[1])
 redis.call('SADD', KEYS[10], '1')
-redis.call('EXPIRE', KEYS[10], ARGV[13])
+-- A forwarded message keeps the pod busy for up to the lease: KEDA must not scale it to 0
+-- under the delivery (the worker's deliveries do the same).
+local activity_ttl = tonumber(ARGV[13])
+if mode == 'forward' then
+  activity_ttl = math.max(activity_ttl, math.ceil(tonumber(ARGV[8]) / 1000))
+end
+redis.call('EXPIRE', KEYS[10], activity_ttl)
 return {mode, tostring(seq), envelope, redis.call('HGET', KEYS[1], 'paused') or '0'}

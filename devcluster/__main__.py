@@ -1,0 +1,58 @@
+"""`python -m devcluster COMMAND`: the local stack for development and tests.
+
+    run     the service + worker on the full local stack (`make run`), or API-only mode
+    up      bring the cluster up and keep it up until Ctrl-C (prints its kubeconfig)
+    down    tear down a stack left behind (processes, mounts, links, rules, cgroups, sysctls)
+    check   say whether this machine can run the full stack, and what is missing
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devcluster")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="service + worker on the local stack (make run)")
+    commands.add_parser("up", help="bring the cluster up until Ctrl-C")
+    commands.add_parser("down", help="tear down what a stack left behind")
+    commands.add_parser("check", help="can this machine run the full stack?")
+    args = parser.parse_args(argv)
+
+    if args.command == "run":
+        from .dev import run_dev
+
+        return run_dev()
+    if args.command == "check":
+        from .cluster import missing_requirements
+
+        missing = missing_requirements()
+        print("full stack: can run here" if not missing else
+              "full stack: cannot run here: " + "; ".join(missing))
+        return 0 if not missing else 1
+    if args.command == "down":
+        from .cluster import down
+
+        down()
+        print("local stack torn down")
+        return 0
+    from .cluster import LocalCluster
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    cluster = LocalCluster().start()
+    try:
+        print(f"KUBECONFIG={cluster.kubeconfig}", flush=True)
+        stop.wait()
+    finally:
+        cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""A whole single-node Kubernetes cluster on this machine, up and down in one place.
+
+    cluster = LocalCluster().start()   # etcd, control plane, node, KEDA, images
+    ...                                 # cluster.kubeconfig, cluster.kubectl(...)
+    cluster.stop()                      # every process, mount, link, rule, cgroup, sysctl
+
+One stack per machine (fixed bridge and chain names): a lock file says who owns it, and a start
+first removes whatever a crashed stack left behind (cleanup.clean_host).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import cleanup, images, keda, network, node, paths
+from .apiserver import KubeApiServer
+from .paths import LocalServiceError
+from .processes import Spawner, free_port
+
+
+def log(message: str) -> None:
+    print(f"[devcluster] {message}", file=sys.stderr, flush=True)
+
+
+def missing_requirements() -> list[str]:
+    """What this machine lacks for the full stack; empty when it can run it."""
+    missing = []
+    if platform.system() != "Linux":
+        missing.append("not Linux")
+    if os.geteuid() != 0:
+        missing.append("not root (the node needs mounts, bridges, iptables, cgroups)")
+    for name, package in (("containerd", "containerd"), ("runc", "runc"),
+                          ("iptables", "iptables"), ("dockerd", "docker.io"),
+                          ("debootstrap", "debootstrap"), ("etcd", "etcd-server"),
+                          ("gcc", "gcc"), ("go", "golang (the machine's Go)")):
+        try:
+            paths.system_binary(name, package)
+        except LocalServiceError:
+            missing.append(f"{name} (package {package})")
+    if not Path("/usr/lib/cni/bridge").is_file():
+        missing.append("CNI plugins (package containernetworking-plugins)")
+    if not Path("/proc/sys/net/bridge").is_dir():
+        missing.append("br_netfilter (bridged traffic through iptables)")
+    reason = network.EgressGuard.available()
+    if reason:
+        missing.append(f"egress guard: {reason}")
+    return missing
+
+
+class LocalCluster:
+    def __init__(self, *, build: bool = True) -> None:
+        self.build = build
+        self.run_dir = paths.RUN_DIR
+        self.state = cleanup.StateFile(paths.STATE_FILE)
+        self.guard = network.EgressGuard()
+        self.spawner: Spawner | None = None
+        self.apiserver: KubeApiServer | None = None
+        self.node: node.Node | None = None
+        self.keda: keda.Keda | None = None
+        self._lock_file = None
+        self.timings: dict[str, float] = {}
+
+    @property
+    def kubeconfig(self) -> Path:
+        assert self.apiserver is not None
+        return self.apiserver.kubeconfig
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> LocalCluster:
+        missing = missing_requirements()
+        if missing:
+            raise LocalServiceError("the full local stack cannot run here: " + "; ".join(missing))
+        self._lock()
+        started = time.monotonic()
+        try:
+            self._build()
+            self._step("clean up what an earlier stack left", self._clean)
+            self.state.update(sysctls=network.read_sysctls(), pids=[], owner=os.getpid())
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.guard.install()
+            network.setup_node_network()
+            self.spawner = Spawner(self.run_dir / "logs", cgroup_procs=self.guard.cgroup_procs,
+                                   on_spawn=self.state.add_pid)
+            self._step("etcd + kube-apiserver", self._start_apiserver)
+            self._step("controller-manager + scheduler", self._start_controllers)
+            self.node = node.Node(self.run_dir, self.spawner, kubeconfig=self.kubeconfig)
+            self._step("containerd", self.node.start_containerd)
+            self._step("images", lambda: images.ensure_images(self.node, self.run_dir,
+                                                             self.spawner))
+            self._step("kubelet", lambda: self.node.start_kubelet(self.state.read()["sysctls"]))
+            self._step("kube-proxy", self.node.start_kube_proxy)
+            self.guard.ensure_first()
+            self._step("node Ready", self._wait_node_ready)
+            self._step("KEDA", self._start_keda)
+            self.guard.ensure_first()  # kube-proxy's first sync prepends its FORWARD jumps
+        except BaseException:
+            self.stop()
+            raise
+        self.timings["total"] = time.monotonic() - started
+        log(f"up in {self.timings['total']:.0f}s (Kubernetes "
+            f"{(paths.BIN_DIR / 'kubelet.version').read_text().strip()}, KEDA "
+            f"{(paths.BIN_DIR / 'keda.version').read_text().strip()})")
+        return self
+
+    def stop(self) -> None:
+        if self.spawner is not None:
+            by_name = {d.name: d for d in self.spawner.started}
+            # KEDA and the node first, so nothing restarts pods while the rest goes away.
+            for name in ("keda-operator", "keda-adapter", "kube-proxy", "kubelet"):
+                if name in by_name:
+                    by_name[name].stop()
+            if self.node is not None and by_name.get("containerd") is not None:
+                self.node.remove_pods()
+            self.spawner.stop_all()
+        cleanup.clean_host(self.run_dir, self.state, self.guard)
+        self._unlock()
+
+    def _step(self, what: str, fn) -> None:
+        log(f"{what}...")
+        began = time.monotonic()
+        fn()
+        self.timings[what] = time.monotonic() - began
+
+    def _build(self) -> None:
+        if not self.build:
+            return
+        for part in ("kube", "keda", "pause"):
+            paths.build(part)
+
+    def _clean(self) -> None:
+        cleanup.clean_host(self.run_dir, self.state, self.guard)
+
+    def _lock(self) -> None:
+        paths.CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(paths.CACHE_DIR / "stack.lock", "a+")  # noqa: SIM115 - held
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = self.state.read().get("owner")
+            self._lock_file.close()
+            self._lock_file = None
+            raise LocalServiceError(
+                f"another local stack is running on this machine (pid {owner}); stop it "
+                "first (Ctrl-C in its terminal, or `python -m devcluster down`)") from None
+
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    # -- parts -----------------------------------------------------------------------------
+
+    def _start_apiserver(self) -> None:
+        self.apiserver = KubeApiServer(self.run_dir / "apiserver", spawner=self.spawner,
+                                       advertise=network.NODE_IP,
+                                       service_cidr=network.SERVICE_CIDR).start()
+
+    def _start_controllers(self) -> None:
+        assert self.apiserver is not None and self.spawner is not None
+        kubeconfig = str(self.kubeconfig)
+        manager = self.spawner.spawn("kube-controller-manager", [
+            paths.binary("kube-controller-manager"), f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false",
+            f"--service-account-private-key-file={self.apiserver.sa_key}",
+            f"--root-ca-file={self.apiserver.ca}", "--use-service-account-credentials=false",
+            f"--cluster-cidr={network.POD_CIDR}",
+            f"--service-cluster-ip-range={network.SERVICE_CIDR}",
+            "--allocate-node-cidrs=false", "--controllers=*,-nodeipam,-cloud-node-lifecycle",
+            "--concurrent-deployment-syncs=10", "--concurrent-replicaset-syncs=10",
+            "--profiling=false", "--v=1",
+        ])
+        scheduler = self.spawner.spawn("kube-scheduler", [
+            paths.binary("kube-scheduler"), f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false",
+            "--profiling=false", "--v=1",
+        ])
+        time.sleep(1)
+        for daemon in (manager, scheduler):
+            if not daemon.running():
+                raise LocalServiceError(f"{daemon.name} exited:\n{daemon.log_tail()}")
+
+    def _wait_node_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            result = self.kubectl("get", "node", node.NODE_NAME, "-o", "json", check=False)
+            if result.returncode == 0:
+                conditions = json.loads(result.stdout)["status"].get("conditions") or []
+                ready = [c for c in conditions if c["type"] == "Ready"]
+                if ready and ready[0]["status"] == "True":
+                    return
+                last = json.dumps(ready)
+            else:
+                last = result.stderr.strip()
+            time.sleep(0.5)
+        raise LocalServiceError(f"node {node.NODE_NAME} not Ready after {timeout}s: {last}")
+
+    def _start_keda(self) -> None:
+        from service.kube import Kube, load_api_client
+
+        admin = Kube(load_api_client(str(self.kubeconfig)), keda.NAMESPACE)
+        try:
+            admin.install_crds(paths.keda_crds())
+            admin.ensure_namespace(keda.NAMESPACE)
+        finally:
+            admin.close()
+        self.keda = keda.Keda(self.run_dir, self.spawner, kubeconfig=self.kubeconfig)
+        self.keda.start_operator()
+
+    # -- clients ---------------------------------------------------------------------------
+
+    def kubectl(self, *args: str, check: bool = True,
+                input_text: str | None = None) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [paths.binary("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True, text=True, input=input_text, check=False)
+        if check and result.returncode != 0:
+            raise LocalServiceError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
+        return result
+
+    def logs_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    def save_logs(self, target: Path) -> None:
+        """Copy every daemon's log (for a failed test run's report)."""
+        if self.logs_dir().is_dir():
+            shutil.copytree(self.logs_dir(), target, dirs_exist_ok=True)
+
+
+def down() -> None:
+    """Tear down a stack whose owner is gone (`python -m devcluster down`)."""
+    state = cleanup.StateFile(paths.STATE_FILE)
+    owner = state.read().get("owner")
+    if owner and owner != os.getpid():
+        from .processes import kill_pid, pid_alive
+
+        if pid_alive(owner):
+            kill_pid(owner, timeout=60)
+    cleanup.clean_host(paths.RUN_DIR, state, network.EgressGuard())

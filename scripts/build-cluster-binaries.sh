@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Build the binaries of the local cluster into a cache directory outside the repo, with the
+# machine's Go from the Go module proxy:
+#   - Kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy,
+#     kubectl) from the k8s.io/kubernetes module; its `replace k8s.io/X => ./staging/...` lines
+#     point at directories the module zip does not carry, so each is pointed at the published
+#     k8s.io/X module of the same release (v0.<minor>.<patch>).
+#   - KEDA (operator, metrics API server) from github.com/kedacore/keda/v2, built inside a copy of
+#     the module (its go.mod has replace lines, so `go install …@version` refuses it), plus its
+#     CRDs (config/crd) for the API server to validate what we send exactly as KEDA does.
+#   - pause, the pod sandbox binary, from the Kubernetes module's build/pause (gcc -static).
+# Each part is skipped when its outputs are cached. Prints progress on stderr and the bin
+# directory on the last line of stdout.
+#
+#   scripts/build-cluster-binaries.sh [kube|keda-crds|keda|pause|all]    # default all
+#
+# Env: SESSION_MANAGER_CACHE (default ~/.cache/session-manager), KUBE_VERSION, KEDA_VERSION.
+set -o errexit -o nounset -o pipefail
+
+kube_version="${KUBE_VERSION:-v1.35.4}"
+keda_version="${KEDA_VERSION:-v2.20.2}"
+cache_dir="${SESSION_MANAGER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/session-manager}"
+bin_dir="$cache_dir/bin"
+what="${1:-all}"
+kube_binaries=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+
+log() { printf '[build-cluster-binaries] %s\n' "$*" >&2; }
+
+command -v go >/dev/null 2>&1 || { log "no go on PATH: the cluster binaries are built with the machine's Go"; exit 1; }
+# Module downloads and build cache live in the cache dir: nothing lands in the repo or in $HOME/go.
+export GOMODCACHE="$cache_dir/gomod" GOCACHE="$cache_dir/gocache" GOFLAGS="-modcacherw -mod=mod"
+export GOWORK=off CGO_ENABLED=0 GOTOOLCHAIN=local
+mkdir -p "$bin_dir" "$cache_dir/build"
+
+# Copies a downloaded module into a writable build directory and prints its path.
+module_copy() {
+  local module="$1" version="$2" dest="$3" dir
+  dir=$(go mod download -json "$module@$version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -n "$dir" ] && [ -d "$dir" ] || { log "go mod download $module@$version gave no directory"; exit 1; }
+  rm -rf "$dest"
+  cp -r "$dir" "$dest"
+  chmod -R u+w "$dest"
+}
+
+# Runs a build step with its output in a log, shown (tail) only when it fails.
+run_logged() {
+  local logfile="$1"; shift
+  if ! "$@" >"$logfile" 2>&1; then
+    tail -n 40 "$logfile" >&2
+    log "failed; full log: $logfile"
+    exit 1
+  fi
+}
+
+build_kube() {
+  local missing=() b
+  for b in "${kube_binaries[@]}"; do
+    [ -x "$bin_dir/$b" ] && [ "$(cat "$bin_dir/$b.version" 2>/dev/null)" = "$kube_version" ] || missing+=("$b")
+  done
+  if [ "${#missing[@]}" -eq 0 ]; then
+    log "cached: Kubernetes $kube_version (${kube_binaries[*]})"
+    return
+  fi
+  local src="$cache_dir/build/kubernetes" start minor_version
+  start=$(date +%s)
+  minor_version="v0.${kube_version#v1.}"
+  log "downloading k8s.io/kubernetes@$kube_version"
+  module_copy k8s.io/kubernetes "$kube_version" "$src"
+  # The module's go.work names the staging directories too; we build the module alone.
+  rm -f "$src/go.work" "$src/go.work.sum"
+  sed -i -E "s#^([[:space:]]*)(k8s\.io/[a-z0-9-]+) => \./staging/src/k8s\.io/[a-z0-9-]+\$#\1\2 => \2 $minor_version#" "$src/go.mod"
+  if grep -q '=> ./staging' "$src/go.mod"; then
+    log "go.mod still has staging replace lines after rewriting:"; grep '=> ./staging' "$src/go.mod" >&2; exit 1
+  fi
+  local major="${kube_version#v}"; major="${major%%.*}"
+  local minor="${kube_version#v*.}"; minor="${minor%%.*}"
+  local ldflags="-s -w" key val
+  for pair in "gitVersion=$kube_version" "gitMajor=$major" "gitMinor=$minor" "gitTreeState=clean" \
+      "gitCommit=module-$kube_version" "buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"; do
+    key="${pair%%=*}"; val="${pair#*=}"
+    ldflags+=" -X k8s.io/component-base/version.$key=$val -X k8s.io/client-go/pkg/version.$key=$val"
+  done
+  log "downloading dependencies of Kubernetes $kube_version (published staging modules $minor_version)"
+  (cd "$src" && run_logged "$cache_dir/build/kube-download.log" go mod download)
+  local pkgs=()
+  for b in "${missing[@]}"; do pkgs+=("./cmd/$b"); done
+  log "building ${missing[*]} with $(go env GOVERSION) (about 20-30 minutes cold on 2 cores)"
+  mkdir -p "$cache_dir/build/kube-out"
+  (cd "$src" && run_logged "$cache_dir/build/kube-build.log" \
+    go build -trimpath -tags selinux,notest -ldflags "$ldflags" -o "$cache_dir/build/kube-out/" "${pkgs[@]}")
+  for b in "${missing[@]}"; do
+    install -m 0755 "$cache_dir/build/kube-out/$b" "$bin_dir/$b"
+    echo "$kube_version" >"$bin_dir/$b.version"
+  done
+  log "built Kubernetes $kube_version in $(( $(date +%s) - start ))s"
+  rm -rf "$src" "$cache_dir/build/kube-out"
+}
+
+keda_module_dir() {
+  go mod download -json "github.com/kedacore/keda/v2@$keda_version" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
+}
+
+# KEDA's own CRDs (config/crd/bases, what its kustomization lists) as one multi-document file.
+# Only a download: the API-server-only test layers need these without building KEDA.
+extract_keda_crds() {
+  local crds="$cache_dir/keda-crds.yaml"
+  if [ -s "$crds" ] && [ "$(cat "$crds.version" 2>/dev/null)" = "$keda_version" ]; then
+    log "cached: KEDA $keda_version CRDs"
+    return
+  fi
+  local dir f first=1
+  dir=$(keda_module_dir)
+  [ -n "$dir" ] && [ -d "$dir/config/crd/bases" ] || { log "KEDA $keda_version module has no config/crd/bases"; exit 1; }
+  : >"$crds.tmp"
+  for f in "$dir"/config/crd/bases/*.yaml; do
+    [ "$first" -eq 1 ] || echo '---' >>"$crds.tmp"
+    first=0
+    cat "$f" >>"$crds.tmp"
+  done
+  mv "$crds.tmp" "$crds"
+  echo "$keda_version" >"$crds.version"
+  log "KEDA $keda_version CRDs: $crds"
+}
+
+build_keda() {
+  extract_keda_crds
+  if [ -x "$bin_dir/keda" ] && [ -x "$bin_dir/keda-adapter" ] \
+      && [ "$(cat "$bin_dir/keda.version" 2>/dev/null)" = "$keda_version" ]; then
+    log "cached: KEDA $keda_version (keda, keda-adapter)"
+    return
+  fi
+  local src="$cache_dir/build/keda" start
+  start=$(date +%s)
+  log "downloading github.com/kedacore/keda/v2@$keda_version"
+  module_copy github.com/kedacore/keda/v2 "$keda_version" "$src"
+  local want have
+  want=$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$src/go.mod")
+  have=$(go env GOVERSION); have="${have#go}"
+  if [ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -n 1)" != "$want" ]; then
+    log "KEDA $keda_version needs Go $want; this machine has $have"; exit 1
+  fi
+  local ldflags="-s -w -X github.com/kedacore/keda/v2/version.GitCommit=module-$keda_version -X github.com/kedacore/keda/v2/version.Version=${keda_version#v}"
+  log "downloading dependencies of KEDA $keda_version"
+  (cd "$src" && run_logged "$cache_dir/build/keda-download.log" go mod download)
+  log "building KEDA operator and metrics API server (about 10 minutes cold on 2 cores)"
+  mkdir -p "$cache_dir/build/keda-out"
+  (cd "$src" && run_logged "$cache_dir/build/keda-build.log" \
+    go build -trimpath -ldflags "$ldflags" -o "$cache_dir/build/keda-out/" ./cmd/operator ./cmd/adapter)
+  install -m 0755 "$cache_dir/build/keda-out/operator" "$bin_dir/keda"
+  install -m 0755 "$cache_dir/build/keda-out/adapter" "$bin_dir/keda-adapter"
+  echo "$keda_version" >"$bin_dir/keda.version"
+  log "built KEDA $keda_version in $(( $(date +%s) - start ))s"
+  rm -rf "$src" "$cache_dir/build/keda-out"
+}
+
+# The pod sandbox ("pause") image's binary, from the Kubernetes module's build/pause, static.
+build_pause() {
+  if [ -x "$bin_dir/pause" ] && [ "$(cat "$bin_dir/pause.version" 2>/dev/null)" = "$kube_version" ]; then
+    log "cached: pause ($kube_version)"
+    return
+  fi
+  command -v gcc >/dev/null 2>&1 || { log "no gcc: the pause binary is built with gcc -static"; exit 1; }
+  local dir
+  dir=$(go mod download -json "k8s.io/kubernetes@$kube_version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  gcc -Os -static -DVERSION="$kube_version" -o "$bin_dir/pause" "$dir/build/pause/linux/pause.c"
+  echo "$kube_version" >"$bin_dir/pause.version"
+  log "built pause: $bin_dir/pause"
+}
+
+case "$what" in
+  kube) build_kube ;;
+  keda-crds) extract_keda_crds ;;
+  keda) build_keda ;;
+  pause) build_pause ;;
+  all) build_kube; build_keda; build_pause ;;
+  *) log "usage: $0 [kube|keda-crds|keda|pause|all]"; exit 2 ;;
+esac
+echo "$bin_dir"

@@ -1,0 +1,142 @@
+"""The real-cluster layer: the whole local stack (devcluster.LocalCluster) once per test run.
+
+Real kubelet + containerd run the demo agent image, real KEDA scales sessions through the
+TriggerAuthentication and the `redis-credentials` Secret (Redis with requirepass), the API and
+worker are the project's own code in-process. The fixtures here replace the root conftest's
+`namespace`, `kube` and `settings`, so its `store`, `make_api` and `make_worker` work on the
+cluster. On a machine that cannot run the stack (not Linux/root, packages missing) the layer
+is skipped with the reason; with REQUIRE_FULL_STACK=1 (CI) that is an error instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+
+import pytest
+
+from devcluster import cluster as cluster_module
+from service.config import Settings
+from service.kube import Kube, load_api_client
+from tests.conftest import API_KEY
+
+_namespaces = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory):
+    missing = cluster_module.missing_requirements()
+    if missing:
+        reason = "the full local stack cannot run here: " + "; ".join(missing)
+        if os.environ.get("REQUIRE_FULL_STACK") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    stack = cluster_module.LocalCluster().start()
+    try:
+        yield stack
+        counts = stack.guard.counts()
+        assert counts.total == 0, f"egress guard counted traffic leaving the machine: {counts}"
+    finally:
+        stack.save_logs(tmp_path_factory.getbasetemp() / "cluster-logs")
+        stack.stop()
+
+
+@pytest.fixture
+def namespace(local_cluster, redis_server) -> str:
+    name = f"c{os.getpid()}-{next(_namespaces)}"
+    admin = Kube(load_api_client(str(local_cluster.kubeconfig)), name)
+    try:
+        admin.ensure_namespace(name)
+        admin.ensure_secret("redis-credentials", {"password": redis_server.password})
+        yield name
+    finally:
+        # Stop the namespace's pods now (2 cores); the namespace controller finishes later.
+        local_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+        admin.close()
+
+
+@pytest.fixture
+def kube(local_cluster, namespace: str) -> Kube:
+    client = Kube(load_api_client(str(local_cluster.kubeconfig)), namespace)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(namespace: str, redis_server) -> Settings:
+    """KEDA on the host reaches the tests' Redis on loopback; the control plane reaches pods
+    at their address (no cluster DNS in this stack)."""
+    return Settings(
+        api_keys=(API_KEY,), namespace=namespace, redis_url=redis_server.url,
+        pod_url_template="http://{pod_ip}:{port}",
+        keda_redis_host="127.0.0.1", keda_redis_port=redis_server.port,
+        keda_polling_interval_seconds=1, keda_cooldown_period_seconds=5,
+        keda_initial_cooldown_period_seconds=60, idle_timeout_seconds=120,
+        user_pod_cpu_request="20m", user_pod_memory_request="32Mi",
+        user_pod_cpu_limit="500m", user_pod_memory_limit="128Mi",
+        delivery_backoff_seconds=0.5, worker_poll_interval_seconds=0.1,
+        pod_timeout_seconds=60, delivery_lease_seconds=90,
+    )
+
+
+class ClusterView:
+    """What the cluster itself says about a session: read with the real kubectl."""
+
+    def __init__(self, stack, namespace: str) -> None:
+        self.stack = stack
+        self.namespace = namespace
+
+    def get(self, *args: str) -> dict:
+        result = self.stack.kubectl("-n", self.namespace, "get", *args, "-o", "json")
+        return json.loads(result.stdout)
+
+    def pods(self, session_id: str) -> list[dict]:
+        return self.get("pods", "-l", f"session-manager/session={session_id}")["items"]
+
+    def ready_pods(self, session_id: str) -> list[dict]:
+        return [p for p in self.pods(session_id)
+                if not p["metadata"].get("deletionTimestamp")
+                and any(c["type"] == "Ready" and c["status"] == "True"
+                        for c in p["status"].get("conditions") or [])]
+
+    def ready_endpoints(self, session_id: str) -> list[str]:
+        slices = self.get("endpointslices", "-l",
+                          f"kubernetes.io/service-name=session-{session_id}")["items"]
+        return [address for item in slices for endpoint in item.get("endpoints") or []
+                if (endpoint.get("conditions") or {}).get("ready")
+                for address in endpoint["addresses"]]
+
+    def replicas(self, session_id: str) -> int:
+        return int(self.get("deployment", f"session-{session_id}")["spec"].get("replicas") or 0)
+
+    def events(self, reason: str) -> list[dict]:
+        return [e for e in self.get("events")["items"] if e.get("reason") == reason]
+
+    def scaled_object(self, session_id: str) -> dict:
+        return self.get("scaledobject", f"session-{session_id}")
+
+    def session_objects(self, session_id: str) -> list[str]:
+        kinds = "deployments,services,scaledobjects,triggerauthentications,hpa,pods,replicasets"
+        result = self.stack.kubectl("-n", self.namespace, "get", kinds, "-l",
+                                    f"session-manager/session={session_id}", "-o", "name")
+        hpa = self.stack.kubectl("-n", self.namespace, "get", "hpa",
+                                 f"keda-hpa-session-{session_id}", "-o", "name", check=False)
+        return result.stdout.split() + hpa.stdout.split()
+
+
+@pytest.fixture
+def view(local_cluster, namespace: str) -> ClusterView:
+    return ClusterView(local_cluster, namespace)
+
+
+def wait_until(predicate, *, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
