@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from . import paths
+from .certs import make_ca_and_cert
 from .paths import LocalServiceError
 from .processes import Daemon, Spawner, free_port, http_ok
 
@@ -161,6 +162,16 @@ class KubeApiServer:
             # The node by its address, never by name: a name lookup would ask the machine's
             # resolver, off this machine.
             args.append("--kubelet-preferred-address-types=InternalIP")
+            # The front proxy: how the API server authenticates itself to aggregated APIs.
+            proxy = self.certs / "front-proxy"
+            make_ca_and_cert(proxy, common_name="front-proxy-client")
+            args += [f"--requestheader-client-ca-file={proxy / 'ca.crt'}",
+                     "--requestheader-allowed-names=front-proxy-client",
+                     "--requestheader-username-headers=X-Remote-User",
+                     "--requestheader-group-headers=X-Remote-Group",
+                     "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                     f"--proxy-client-cert-file={proxy / 'tls.crt'}",
+                     f"--proxy-client-key-file={proxy / 'tls.key'}"]
         server = self.spawner.spawn("kube-apiserver", args)
         server.wait_until(self._ready, timeout=90)
 

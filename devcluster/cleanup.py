@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import network, node, paths
-from .processes import kill_pid, pid_alive, run
+from .processes import kill_pids, pid_alive, run
 
 CGROUP_V1_ROOT = Path("/sys/fs/cgroup")
 NETNS_DIR = Path("/var/run/netns")
@@ -52,17 +52,15 @@ class StateFile:
 
 
 def kill_processes(state: dict, guard: network.EgressGuard) -> None:
-    for pid in reversed(state.get("pids", [])):
-        if pid_alive(pid):
-            kill_pid(pid)
-    # Whatever is still in the stack's cgroup (containerd shims, children of a crashed daemon).
+    """The daemons by pid, whatever is still in the stack's cgroup (containerd shims, children
+    of a crashed daemon), then containers that outlived their shim."""
+    kill_pids([pid for pid in state.get("pids", []) if pid_alive(pid)])
     for _ in range(3):
         members = guard.member_pids()
         if not members:
             break
-        for pid in members:
-            kill_pid(pid, timeout=3)
-    _kill_pod_processes()
+        kill_pids(members, timeout=3)
+    kill_pids(_pod_pids(), timeout=2)
 
 
 def _kubepods_dirs() -> list[Path]:
@@ -74,13 +72,14 @@ def _kubepods_dirs() -> list[Path]:
     return found
 
 
-def _kill_pod_processes() -> None:
-    """Containers that outlived their shim: every process left in kubelet's pod cgroups."""
+def _pod_pids() -> list[int]:
+    """Every process left in kubelet's pod cgroups."""
+    pids: set[int] = set()
     for top in _kubepods_dirs():
         for procs in top.rglob("cgroup.procs"):
             with contextlib.suppress(OSError):
-                for pid in procs.read_text().split():
-                    kill_pid(int(pid), timeout=2)
+                pids.update(int(pid) for pid in procs.read_text().split())
+    return sorted(pids)
 
 
 def remove_pod_cgroups() -> None:

@@ -112,6 +112,7 @@ class LocalCluster:
         return self
 
     def stop(self) -> None:
+        began = time.monotonic()
         if self.spawner is not None:
             by_name = {d.name: d for d in self.spawner.started}
             # KEDA and the node first, so nothing restarts pods while the rest goes away.
@@ -123,6 +124,7 @@ class LocalCluster:
             self.spawner.stop_all()
         cleanup.clean_host(self.run_dir, self.state, self.guard)
         self._unlock()
+        log(f"down in {time.monotonic() - began:.1f}s")
 
     def _step(self, what: str, fn) -> None:
         log(f"{what}...")
@@ -220,6 +222,7 @@ class LocalCluster:
             admin.close()
         self.keda = keda.Keda(self.run_dir, self.spawner, kubeconfig=self.kubeconfig)
         self.keda.start_operator()
+        self.keda.start_adapter(self.kubectl)
 
     # -- clients ---------------------------------------------------------------------------
 
@@ -246,8 +249,8 @@ def down() -> None:
     state = cleanup.StateFile(paths.STATE_FILE)
     owner = state.read().get("owner")
     if owner and owner != os.getpid():
-        from .processes import kill_pid, pid_alive
+        from .processes import kill_pids, pid_alive
 
         if pid_alive(owner):
-            kill_pid(owner, timeout=60)
+            kill_pids([owner], timeout=60)  # it tears down its own stack on SIGTERM
     cleanup.clean_host(paths.RUN_DIR, state, network.EgressGuard())

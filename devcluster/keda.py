@@ -10,36 +10,17 @@ with certificates made here (KEDA's cert rotation would want in-cluster Services
 
 from __future__ import annotations
 
-import subprocess
+import base64
+import json
 from pathlib import Path
 
 from . import network, paths
+from .certs import make_ca_and_cert
 from .processes import Daemon, Spawner, free_port, http_ok
 
 NAMESPACE = "keda"
 APISERVICE = "v1beta1.external.metrics.k8s.io"
 METRICS_SERVICE = "keda-metrics-apiserver"
-
-
-def make_certs(cert_dir: Path, *, ip: str, dns: tuple[str, ...]) -> None:
-    """A CA and a serving/client certificate for `ip` and `dns`, as KEDA's cert dir expects
-    (ca.crt, tls.crt, tls.key)."""
-    cert_dir.mkdir(parents=True, exist_ok=True)
-    if (cert_dir / "tls.crt").is_file():
-        return
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=cert_dir)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj",
-            "/CN=session-manager-local-keda-ca", "-keyout", "ca.key", "-out", "ca.crt")
-    san = ",".join([f"IP:{ip}", "IP:127.0.0.1", *(f"DNS:{name}" for name in dns)])
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={dns[0]}", "-keyout",
-            "tls.key", "-out", "tls.csr")
-    (cert_dir / "ext.cnf").write_text(
-        f"subjectAltName={san}\nextendedKeyUsage=serverAuth,clientAuth\n")
-    openssl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "30", "-extfile", "ext.cnf", "-out", "tls.crt")
 
 
 class Keda:
@@ -62,8 +43,9 @@ class Keda:
                 "POD_NAMESPACE": NAMESPACE, "WATCH_NAMESPACE": ""}
 
     def start_operator(self) -> Daemon:
-        make_certs(self.cert_dir, ip=network.NODE_IP,
-                   dns=("keda-operator.keda.svc", f"{METRICS_SERVICE}.keda.svc"))
+        make_ca_and_cert(self.cert_dir, common_name="keda-operator.keda.svc",
+                         ips=(network.NODE_IP, "127.0.0.1"),
+                         dns=("keda-operator.keda.svc", f"{METRICS_SERVICE}.keda.svc"))
         self.ca_dir.mkdir(parents=True, exist_ok=True)
         self.operator = self.spawner.spawn("keda-operator", [
             paths.binary("keda", build_part="keda"),
@@ -79,3 +61,57 @@ class Keda:
         healthz = f"http://127.0.0.1:{self.operator_health_port}/healthz"
         self.operator.wait_until(lambda: http_ok(healthz), timeout=60, what="keda-operator")
         return self.operator
+
+    def start_adapter(self, kubectl) -> Daemon:
+        """The metrics API server on the node's address, registered as KEDA's APIService."""
+        kubeconfig = str(self.kubeconfig)
+        self.adapter = self.spawner.spawn("keda-adapter", [
+            paths.binary("keda-adapter", build_part="keda"),
+            f"--secure-port={self.adapter_port}", f"--bind-address={network.NODE_IP}",
+            f"--cert-dir={self.cert_dir}", f"--tls-cert-file={self.cert_dir / 'tls.crt'}",
+            f"--tls-private-key-file={self.cert_dir / 'tls.key'}",
+            f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}", f"--lister-kubeconfig={kubeconfig}",
+            f"--metrics-service-address={network.NODE_IP}:{self.grpc_port}",
+            f"--port={free_port()}", "--v=0",
+        ], env=self.env)
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                input_text=json.dumps({"apiVersion": "v1", "kind": "List",
+                                       "items": self._registration()}))
+
+        def available() -> bool:
+            result = kubectl("get", "apiservice", APISERVICE, "-o", "json", check=False)
+            if result.returncode != 0:
+                return False
+            conditions = json.loads(result.stdout).get("status", {}).get("conditions") or []
+            return any(c["type"] == "Available" and c["status"] == "True" for c in conditions)
+
+        self.adapter.wait_until(available, timeout=90, what=f"APIService {APISERVICE} Available")
+        return self.adapter
+
+    def _registration(self) -> list[dict]:
+        """A selector-less Service whose endpoint is this node, and the APIService using it
+        (the API server routes to the endpoint: --enable-aggregator-routing)."""
+        ca_bundle = base64.b64encode((self.cert_dir / "ca.crt").read_bytes()).decode()
+        meta = {"name": METRICS_SERVICE, "namespace": NAMESPACE}
+        return [
+            {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+             "spec": {"ports": [{"name": "https", "port": 443, "protocol": "TCP",
+                                 "targetPort": self.adapter_port}]}},
+            {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+             "metadata": {"name": METRICS_SERVICE, "namespace": NAMESPACE,
+                          "labels": {"kubernetes.io/service-name": METRICS_SERVICE,
+                                     "endpointslice.kubernetes.io/managed-by":
+                                         "session-manager-devcluster"}},
+             "addressType": "IPv4",
+             "endpoints": [{"addresses": [network.NODE_IP], "conditions": {"ready": True}}],
+             "ports": [{"name": "https", "port": self.adapter_port, "protocol": "TCP"}]},
+            {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+             "metadata": {"name": APISERVICE},
+             "spec": {"group": "external.metrics.k8s.io", "version": "v1beta1",
+                      "service": {"name": METRICS_SERVICE, "namespace": NAMESPACE,
+                                  "port": 443},
+                      "caBundle": ca_bundle, "groupPriorityMinimum": 100,
+                      "versionPriority": 100}},
+        ]
+

@@ -181,18 +181,15 @@ class Node:
     # -- teardown --------------------------------------------------------------------------
 
     def remove_pods(self) -> None:
-        """Stop every pod container while containerd still runs (kubelet is already gone)."""
+        """SIGKILL every pod container while containerd still runs (kubelet is already gone);
+        cleanup.clean_host then removes shims, mounts and cgroups."""
         with contextlib.suppress(paths.LocalServiceError):
-            tasks = self.ctr("tasks", "list", "-q", check=False).stdout.split()
-            for task in tasks:
-                self.ctr("tasks", "kill", "--signal", "SIGKILL", task, check=False)
-            deadline = time.monotonic() + 10
-            for task in tasks:
-                while time.monotonic() < deadline and self.ctr(
-                        "tasks", "delete", task, check=False).returncode != 0:
-                    time.sleep(0.2)
-            for container in self.ctr("containers", "list", "-q", check=False).stdout.split():
-                self.ctr("containers", "delete", container, check=False)
+            for task in self.ctr("tasks", "list", "-q", check=False).stdout.split():
+                self.ctr("tasks", "kill", "--all", "--signal", "SIGKILL", task, check=False)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and "RUNNING" in self.ctr(
+                    "tasks", "list", check=False).stdout:
+                time.sleep(0.1)
 
 
 def cleanup_kube_proxy_rules() -> None:

@@ -10,14 +10,18 @@ is skipped with the reason; with REQUIRE_FULL_STACK=1 (CI) that is an error inst
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from devcluster import cluster as cluster_module
+from devcluster import network, paths
 from service.config import Settings
 from service.kube import Kube, load_api_client
 from tests.conftest import API_KEY
@@ -25,7 +29,7 @@ from tests.conftest import API_KEY
 _namespaces = itertools.count(1)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # down again before the other layers run: 2 cores
 def local_cluster(tmp_path_factory: pytest.TempPathFactory):
     missing = cluster_module.missing_requirements()
     if missing:
@@ -33,6 +37,7 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory):
         if os.environ.get("REQUIRE_FULL_STACK") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
+    sysctls_before = network.read_sysctls()
     stack = cluster_module.LocalCluster().start()
     try:
         yield stack
@@ -41,6 +46,38 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory):
     finally:
         stack.save_logs(tmp_path_factory.getbasetemp() / "cluster-logs")
         stack.stop()
+    assert leftovers(sysctls_before) == [], "the stack's teardown left things behind"
+
+
+def leftovers(sysctls_before: dict[str, str]) -> list[str]:
+    """What of the stack is still on the host after its teardown: should be nothing."""
+    found = []
+    for link in (network.NODE_BRIDGE, network.POD_BRIDGE):
+        if Path("/sys/class/net", link).exists():
+            found.append(f"link {link}")
+    for command in ("iptables-save", "ip6tables-save"):
+        rules = subprocess.run([command], capture_output=True, text=True, check=True).stdout
+        found += [f"{command}: {line}" for line in rules.splitlines()
+                  if "KUBE-" in line or "SM-EGRESS" in line or network.POD_BRIDGE in line]
+    roots = [str(p) + "/" for p in (paths.RUN_DIR, paths.CONTAINERD_ROOT, paths.DOCKER_ROOT)]
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        found += [f"mount {line.split()[4]}" for line in mountinfo
+                  if any(line.split()[4].startswith(root) for root in roots)]
+    found += [f"cgroup {p}" for p in Path("/sys/fs/cgroup").glob("*/kubepods")]
+    if (network.CGROUP2_ROOT / network.STACK_CGROUP).exists():
+        found.append(f"cgroup {network.STACK_CGROUP}")
+    if Path("/var/run/netns").is_dir():
+        found += [f"netns {p.name}" for p in Path("/var/run/netns").glob("cni-*")]
+    after = network.read_sysctls()
+    found += [f"sysctl {name}={after.get(name)} (was {value})"
+              for name, value in sysctls_before.items() if after.get(name) != value]
+    for proc in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv0 = proc.read_bytes().split(b"\0")[0].decode(errors="replace")
+            if str(paths.BIN_DIR) in argv0 or Path(argv0).name in (
+                    "containerd", "containerd-shim-runc-v2", "dockerd"):
+                found.append(f"process {proc.parent.name}: {argv0}")
+    return found
 
 
 @pytest.fixture
