@@ -82,7 +82,7 @@ class LocalCluster:
         self._lock()
         started = time.monotonic()
         try:
-            self._build()
+            self._step("binaries (built once, then cached)", self._build)
             self._step("clean up what an earlier stack left", self._clean)
             self.state.update(sysctls=network.read_sysctls(), pids=[], owner=os.getpid())
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,9 +106,11 @@ class LocalCluster:
             self.stop()
             raise
         self.timings["total"] = time.monotonic() - started
+        steps = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in self.timings.items()
+                          if name != "total" and seconds >= 1)
         log(f"up in {self.timings['total']:.0f}s (Kubernetes "
             f"{(paths.BIN_DIR / 'kubelet.version').read_text().strip()}, KEDA "
-            f"{(paths.BIN_DIR / 'keda.version').read_text().strip()})")
+            f"{(paths.BIN_DIR / 'keda.version').read_text().strip()}; {steps})")
         return self
 
     def stop(self) -> None:

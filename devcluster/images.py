@@ -6,26 +6,21 @@ containerd.
   BASE_IMAGE build arg; their default stays the public Python image.
 - Debian's docker.io builds (legacy builder, `--network=none`), with dockerd pointed at the
   stack's containerd and every networking feature off; it runs only while images are built.
-- The service image's pip install reads wheels downloaded on the host (`pip download`, from
-  the machine's own pip configuration) and served to the build on loopback, with no index.
+- The service image's pip install reads wheels downloaded on the host (wheels.py) and served
+  to the build on loopback, with no index.
 - The sandbox image is the `pause` binary built from the Kubernetes module.
 Each image is rebuilt only when the files it is built from change (a content hash per image).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
-import http.server
 import json
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +28,7 @@ from . import node as node_module
 from . import paths
 from .paths import IMAGES_DIR, LocalServiceError
 from .processes import Daemon, Spawner, run
+from .wheels import serve_directory, wheelhouse
 
 DEMO_AGENT_IMAGE = "session-manager-demo-agent:0.1.0"
 SERVICE_IMAGE = "session-manager:0.1.0"
@@ -192,86 +188,6 @@ class Docker:
             self.daemon = None
 
 
-@contextlib.contextmanager
-def serve_directory(directory: Path) -> Iterator[str]:
-    """An HTTP listing of `directory` on loopback: pip's --find-links reads it."""
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-# The image's interpreter: pip download evaluates environment markers against the running
-# Python, not --python-version, so markers are re-evaluated for this one (e.g. redis needs
-# async-timeout below 3.11.3).
-IMAGE_PYTHON = "3.11.2"
-
-
-def wheelhouse() -> Path:
-    """Wheels of requirements.txt for the image's Python (Debian bookworm's, x86_64)."""
-    requirements = paths.REPO_ROOT / "requirements.txt"
-    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:16]
-    target = IMAGES_DIR / f"wheels-{digest}"
-    if (target / ".complete").is_file():
-        return target
-    shutil.rmtree(target, ignore_errors=True)
-    log("downloading the service's wheels for the image (pip download)")
-    _pip_download(target, ["-r", str(requirements)])
-    for _ in range(5):
-        missing = _unmet_requirements(target)
-        if not missing:
-            break
-        _pip_download(target, missing)
-    (target / ".complete").write_text("")
-    return target
-
-
-def _pip_download(target: Path, what: list[str]) -> None:
-    run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-         "--python-version", IMAGE_PYTHON, "--implementation", "cp", "--platform",
-         "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64", "--platform",
-         "manylinux_2_28_x86_64", "--platform", "any", "-d", str(target), *what])
-
-
-def _unmet_requirements(wheels: Path) -> list[str]:
-    """Requirements of the downloaded wheels that hold for the image's Python but have no
-    wheel here."""
-    import zipfile
-
-    from packaging.markers import default_environment
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name, parse_wheel_filename
-
-    environment = {**default_environment(), "python_full_version": IMAGE_PYTHON,
-                   "python_version": IMAGE_PYTHON.rsplit(".", 1)[0]}
-    have = {canonicalize_name(parse_wheel_filename(w.name)[0]) for w in wheels.glob("*.whl")}
-    missing = set()
-    for wheel in wheels.glob("*.whl"):
-        with zipfile.ZipFile(wheel) as archive:
-            metadata = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
-            for line in archive.read(metadata).decode().splitlines():
-                if not line.startswith("Requires-Dist:"):
-                    continue
-                requirement = Requirement(line.split(":", 1)[1].strip())
-                if requirement.marker and not requirement.marker.evaluate(
-                        {**environment, "extra": ""}):
-                    continue
-                if canonicalize_name(requirement.name) not in have:
-                    requirement.marker = None
-                    missing.add(str(requirement))
-    return sorted(missing)
-
-
 def stale_images(node: node_module.Node) -> list[ImageSpec]:
     missing = []
     for spec in image_specs():
@@ -319,8 +235,7 @@ def _build(docker: Docker, spec: ImageSpec) -> None:
     if spec.ref != SERVICE_IMAGE:
         run_env_build(docker, [*args, "--network=none", str(spec.context)])
         return
-    wheels = wheelhouse()
-    with serve_directory(wheels) as url:
+    with serve_directory(wheelhouse()) as url:
         # Host network only to reach the wheel listing on loopback; no index is consulted.
         run_env_build(docker, [*args, "--network=host", "--build-arg", "PIP_NO_INDEX=1",
                                "--build-arg", f"PIP_FIND_LINKS={url}",

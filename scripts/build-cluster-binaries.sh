@@ -84,7 +84,7 @@ build_kube() {
   (cd "$src" && run_logged "$cache_dir/build/kube-download.log" go mod download)
   local pkgs=()
   for b in "${missing[@]}"; do pkgs+=("./cmd/$b"); done
-  log "building ${missing[*]} with $(go env GOVERSION) (about 20-30 minutes cold on 2 cores)"
+  log "building ${missing[*]} with $(go env GOVERSION) (about 5 minutes cold on 2 cores)"
   mkdir -p "$cache_dir/build/kube-out"
   (cd "$src" && run_logged "$cache_dir/build/kube-build.log" \
     go build -trimpath -tags selinux,notest -ldflags "$ldflags" -o "$cache_dir/build/kube-out/" "${pkgs[@]}")
@@ -143,7 +143,7 @@ build_keda() {
   local ldflags="-s -w -X github.com/kedacore/keda/v2/version.GitCommit=module-$keda_version -X github.com/kedacore/keda/v2/version.Version=${keda_version#v}"
   log "downloading dependencies of KEDA $keda_version"
   (cd "$src" && run_logged "$cache_dir/build/keda-download.log" go mod download)
-  log "building KEDA operator and metrics API server (about 10 minutes cold on 2 cores)"
+  log "building KEDA operator and metrics API server (about 6 minutes cold on 2 cores)"
   mkdir -p "$cache_dir/build/keda-out"
   (cd "$src" && run_logged "$cache_dir/build/keda-build.log" \
     go build -trimpath -ldflags "$ldflags" -o "$cache_dir/build/keda-out/" ./cmd/operator ./cmd/adapter)

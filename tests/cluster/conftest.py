@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -148,8 +149,16 @@ class ClusterView:
     def replicas(self, session_id: str) -> int:
         return int(self.get("deployment", f"session-{session_id}")["spec"].get("replicas") or 0)
 
-    def events(self, reason: str) -> list[dict]:
-        return [e for e in self.get("events")["items"] if e.get("reason") == reason]
+    def events(self, reason: str, *, since: float = 0) -> list[dict]:
+        """Events of `reason` last seen at or after the wall-clock time `since`."""
+        found = []
+        for event in self.get("events")["items"]:
+            stamp = event.get("lastTimestamp") or event.get("eventTime") or ""
+            seen = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() \
+                if stamp else 0
+            if event.get("reason") == reason and seen >= since:
+                found.append(event)
+        return found
 
     def scaled_object(self, session_id: str) -> dict:
         return self.get("scaledobject", f"session-{session_id}")
