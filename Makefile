@@ -1,6 +1,8 @@
 # Thin wrappers; the real work lives in scripts/ and `python -m service`.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
+# Where scripts/build-cluster-binaries.sh puts what it builds (outside the repo).
+CACHE_BIN := $(or $(SESSION_MANAGER_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/session-manager)/bin
 
 .PHONY: venv binaries run serve worker test lint bench e2e clean
 
@@ -26,12 +28,14 @@ serve: venv
 worker: venv
 	$(PYTHON) -m service worker
 
-test: venv binaries
-	$(PYTHON) -m ruff check .
+test: venv binaries lint
 	$(PYTHON) -m pytest
 
-lint: venv
+# ruff on the code, actionlint on the GitHub workflows, hadolint on the Dockerfiles.
+lint: venv binaries
 	$(PYTHON) -m ruff check .
+	$(CACHE_BIN)/actionlint .github/workflows/*.yml
+	$(VENV)/bin/hadolint Dockerfile demo_agent/Dockerfile
 
 bench: venv binaries
 	$(PYTHON) -m bench

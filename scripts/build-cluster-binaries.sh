@@ -9,10 +9,11 @@
 #     the module (its go.mod has replace lines, so `go install …@version` refuses it), plus its
 #     CRDs (config/crd) for the API server to validate what we send exactly as KEDA does.
 #   - pause, the pod sandbox binary, from the Kubernetes module's build/pause (gcc -static).
+#   - actionlint, for the GitHub Actions workflows (`make test` lints them).
 # Each part is skipped when its outputs are cached. Prints progress on stderr and the bin
 # directory on the last line of stdout.
 #
-#   scripts/build-cluster-binaries.sh [kube|keda-crds|keda|pause|all]    # default all
+#   scripts/build-cluster-binaries.sh [kube|keda-crds|keda|pause|lint|all]    # default all
 #
 # Env: SESSION_MANAGER_CACHE (default ~/.cache/session-manager), KUBE_VERSION, KEDA_VERSION.
 set -o errexit -o nounset -o pipefail
@@ -168,12 +169,26 @@ build_pause() {
   log "built pause: $bin_dir/pause"
 }
 
+# actionlint (checks .github/workflows in make test), a Go module like the rest.
+build_lint() {
+  local version="${ACTIONLINT_VERSION:-v1.7.12}"
+  if [ -x "$bin_dir/actionlint" ] && [ "$(cat "$bin_dir/actionlint.version" 2>/dev/null)" = "$version" ]; then
+    log "cached: actionlint $version"
+    return
+  fi
+  (GOBIN="$bin_dir" run_logged "$cache_dir/build/actionlint.log" \
+    go install "github.com/rhysd/actionlint/cmd/actionlint@$version")
+  echo "$version" >"$bin_dir/actionlint.version"
+  log "built actionlint $version"
+}
+
 case "$what" in
   kube) build_kube ;;
   keda-crds) extract_keda_crds ;;
   keda) build_keda ;;
   pause) build_pause ;;
-  all) build_kube; build_keda; build_pause ;;
-  *) log "usage: $0 [kube|keda-crds|keda|pause|all]"; exit 2 ;;
+  lint) build_lint ;;
+  all) build_kube; build_keda; build_pause; build_lint ;;
+  *) log "usage: $0 [kube|keda-crds|keda|pause|lint|all]"; exit 2 ;;
 esac
 echo "$bin_dir"
