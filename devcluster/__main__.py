@@ -18,7 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devcluster")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="service + worker on the local stack (make run)")
-    commands.add_parser("up", help="bring the cluster up until Ctrl-C")
+    up = commands.add_parser("up", help="bring the cluster up until Ctrl-C")
+    up.add_argument("--addons", action="store_true",
+                    help="CoreDNS, storage and KEDA in-cluster (what k8s-manifests needs)")
     commands.add_parser("down", help="tear down what a stack left behind")
     commands.add_parser("check", help="can this machine run the full stack?")
     args = parser.parse_args(argv)
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    cluster = LocalCluster().start()
+    cluster = LocalCluster(addons=args.addons).start()
     try:
         print(f"KUBECONFIG={cluster.kubeconfig}", flush=True)
         stop.wait()

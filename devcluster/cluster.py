@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import cleanup, images, keda, network, node, paths
+from . import addons, cleanup, images, keda, network, node, paths
 from .apiserver import KubeApiServer
 from .paths import LocalServiceError
 from .processes import Spawner, free_port
@@ -56,8 +56,12 @@ def missing_requirements() -> list[str]:
 
 
 class LocalCluster:
-    def __init__(self, *, build: bool = True) -> None:
+    """`addons=False` (tests, make run): KEDA runs on the host, no cluster DNS. `addons=True`
+    (make e2e): CoreDNS, storage and KEDA in-cluster from its own config (addons.py)."""
+
+    def __init__(self, *, build: bool = True, addons: bool = False) -> None:
         self.build = build
+        self.addons = addons
         self.run_dir = paths.RUN_DIR
         self.state = cleanup.StateFile(paths.STATE_FILE)
         self.guard = network.EgressGuard()
@@ -96,11 +100,16 @@ class LocalCluster:
             self._step("containerd", self.node.start_containerd)
             self._step("images", lambda: images.ensure_images(self.node, self.run_dir,
                                                              self.spawner))
-            self._step("kubelet", lambda: self.node.start_kubelet(self.state.read()["sysctls"]))
+            self._step("kubelet", lambda: self.node.start_kubelet(
+                self.state.read()["sysctls"],
+                cluster_dns=addons.DNS_SERVICE_IP if self.addons else None))
             self._step("kube-proxy", self.node.start_kube_proxy)
             self.guard.ensure_first()
             self._step("node Ready", self._wait_node_ready)
-            self._step("KEDA", self._start_keda)
+            if self.addons:
+                self._step("CoreDNS, storage, KEDA in-cluster", lambda: addons.install(self))
+            else:
+                self._step("KEDA", self._start_keda)
             self.guard.ensure_first()  # kube-proxy's first sync prepends its FORWARD jumps
         except BaseException:
             self.stop()
@@ -137,7 +146,7 @@ class LocalCluster:
     def _build(self) -> None:
         if not self.build:
             return
-        for part in ("kube", "keda", "pause"):
+        for part in ("kube", "keda", "pause", *(("coredns",) if self.addons else ())):
             paths.build(part)
 
     def _clean(self) -> None:

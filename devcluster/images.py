@@ -116,29 +116,37 @@ def base_rootfs_tar(name: str, packages: tuple[str, ...]) -> Path:
 
 
 def pause_archive() -> Path:
-    """A docker-archive with one layer: the static pause binary as /pause."""
-    archive = IMAGES_DIR / "pause.docker.tar"
+    """The sandbox image: the static pause binary as /pause."""
     pause = Path(paths.binary("pause", build_part="pause"))
-    if archive.is_file() and archive.stat().st_mtime >= pause.stat().st_mtime:
+    return binary_archive(node_module.SANDBOX_IMAGE, pause, user="65535:65535")
+
+
+def binary_archive(ref: str, binary: Path, *, user: str, args: tuple[str, ...] = ()) -> Path:
+    """A docker-archive with one layer holding a static binary at /<its name>, its entrypoint;
+    rebuilt when the binary is newer. For images of what we build from Go modules."""
+    archive = IMAGES_DIR / f"{binary.name}.docker.tar"
+    if archive.is_file() and archive.stat().st_mtime >= binary.stat().st_mtime:
         return archive
     IMAGES_DIR.mkdir(parents=True, exist_ok=True)
-    work = IMAGES_DIR / "pause-build"
+    work = IMAGES_DIR / f"{binary.name}-build"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     layer = work / "layer.tar"
     with tarfile.open(layer, "w") as out:
-        out.add(pause, arcname="pause")
+        out.add(binary, arcname=binary.name)
+        tmp = tarfile.TarInfo("tmp")  # for programs that write a scratch file
+        tmp.type, tmp.mode = tarfile.DIRTYPE, 0o1777
+        out.addfile(tmp)
     layer_digest = hashlib.sha256(layer.read_bytes()).hexdigest()
     config = {
         "architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
+        "config": {"Entrypoint": [f"/{binary.name}", *args], "User": user},
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
     }
     config_bytes = json.dumps(config).encode()
     config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
     (work / config_name).write_bytes(config_bytes)
-    manifest = [{"Config": config_name, "RepoTags": [node_module.SANDBOX_IMAGE],
-                 "Layers": ["layer.tar"]}]
+    manifest = [{"Config": config_name, "RepoTags": [ref], "Layers": ["layer.tar"]}]
     (work / "manifest.json").write_text(json.dumps(manifest))
     with tarfile.open(str(archive) + ".tmp", "w") as out:
         for name in ("manifest.json", config_name, "layer.tar"):

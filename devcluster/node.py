@@ -111,12 +111,13 @@ class Node:
 
     # -- kubelet ---------------------------------------------------------------------------
 
-    def start_kubelet(self, saved_sysctls: dict[str, str]) -> Daemon:
+    def start_kubelet(self, saved_sysctls: dict[str, str], *,
+                      cluster_dns: str | None = None) -> Daemon:
         self.kubelet_root.mkdir(parents=True, exist_ok=True)
         self.pod_logs.mkdir(parents=True, exist_ok=True)
         resolv = self.run_dir / "resolv.conf"
-        # No cluster DNS in this stack yet: pods get an empty resolver config, so nothing in
-        # a pod can resolve (and so reach) a name off this machine.
+        # Pods never get the machine's resolver: with no cluster DNS an empty config, with
+        # one (addons) only the cluster's CoreDNS, which asks nobody upstream.
         resolv.write_text("")
         config = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
@@ -127,6 +128,7 @@ class Node:
             "cgroupDriver": "cgroupfs", "failSwapOn": False, "failCgroupV1": False,
             "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
             "resolvConf": str(resolv), "clusterDomain": "cluster.local",
+            "clusterDNS": [cluster_dns] if cluster_dns else [],
             "podLogsDir": str(self.pod_logs),
             "serializeImagePulls": False, "protectKernelDefaults": False,
             # No evictions or image GC on a shared dev disk; nothing here fills it.

@@ -5,7 +5,7 @@
 #     kubectl) from the k8s.io/kubernetes module; its `replace k8s.io/X => ./staging/...` lines
 #     point at directories the module zip does not carry, so each is pointed at the published
 #     k8s.io/X module of the same release (v0.<minor>.<patch>).
-#   - KEDA (operator, metrics API server) from github.com/kedacore/keda/v2, built inside a copy of
+#   - KEDA (operator, metrics API server, admission webhooks) from github.com/kedacore/keda/v2, built inside a copy of
 #     the module (its go.mod has replace lines, so `go install …@version` refuses it), plus its
 #     CRDs (config/crd) for the API server to validate what we send exactly as KEDA does.
 #   - pause, the pod sandbox binary, from the Kubernetes module's build/pause (gcc -static).
@@ -13,7 +13,8 @@
 # Each part is skipped when its outputs are cached. Prints progress on stderr and the bin
 # directory on the last line of stdout.
 #
-#   scripts/build-cluster-binaries.sh [kube|keda-crds|keda|pause|lint|all]    # default all
+#   scripts/build-cluster-binaries.sh [kube|keda-crds|keda|pause|lint|coredns|all]   # default all
+#   (all = what make test needs; coredns only for make e2e)
 #
 # Env: SESSION_MANAGER_CACHE (default ~/.cache/session-manager), KUBE_VERSION, KEDA_VERSION.
 set -o errexit -o nounset -o pipefail
@@ -126,9 +127,9 @@ extract_keda_crds() {
 
 build_keda() {
   extract_keda_crds
-  if [ -x "$bin_dir/keda" ] && [ -x "$bin_dir/keda-adapter" ] \
+  if [ -x "$bin_dir/keda" ] && [ -x "$bin_dir/keda-adapter" ] && [ -x "$bin_dir/keda-admission-webhooks" ] \
       && [ "$(cat "$bin_dir/keda.version" 2>/dev/null)" = "$keda_version" ]; then
-    log "cached: KEDA $keda_version (keda, keda-adapter)"
+    log "cached: KEDA $keda_version (keda, keda-adapter, keda-admission-webhooks)"
     return
   fi
   local src="$cache_dir/build/keda" start
@@ -144,12 +145,13 @@ build_keda() {
   local ldflags="-s -w -X github.com/kedacore/keda/v2/version.GitCommit=module-$keda_version -X github.com/kedacore/keda/v2/version.Version=${keda_version#v}"
   log "downloading dependencies of KEDA $keda_version"
   (cd "$src" && run_logged "$cache_dir/build/keda-download.log" go mod download)
-  log "building KEDA operator and metrics API server (about 6 minutes cold on 2 cores)"
+  log "building KEDA operator, metrics API server and admission webhooks (about 6 minutes cold on 2 cores)"
   mkdir -p "$cache_dir/build/keda-out"
   (cd "$src" && run_logged "$cache_dir/build/keda-build.log" \
-    go build -trimpath -ldflags "$ldflags" -o "$cache_dir/build/keda-out/" ./cmd/operator ./cmd/adapter)
+    go build -trimpath -ldflags "$ldflags" -o "$cache_dir/build/keda-out/" ./cmd/operator ./cmd/adapter ./cmd/webhooks)
   install -m 0755 "$cache_dir/build/keda-out/operator" "$bin_dir/keda"
   install -m 0755 "$cache_dir/build/keda-out/adapter" "$bin_dir/keda-adapter"
+  install -m 0755 "$cache_dir/build/keda-out/webhooks" "$bin_dir/keda-admission-webhooks"
   echo "$keda_version" >"$bin_dir/keda.version"
   log "built KEDA $keda_version in $(( $(date +%s) - start ))s"
   rm -rf "$src" "$cache_dir/build/keda-out"
@@ -167,6 +169,20 @@ build_pause() {
   gcc -Os -static -DVERSION="$kube_version" -o "$bin_dir/pause" "$dir/build/pause/linux/pause.c"
   echo "$kube_version" >"$bin_dir/pause.version"
   log "built pause: $bin_dir/pause"
+}
+
+# CoreDNS, the cluster DNS of the e2e stack (a module with no replace lines: go install works).
+build_coredns() {
+  local version="${COREDNS_VERSION:-v1.14.7}"
+  if [ -x "$bin_dir/coredns" ] && [ "$(cat "$bin_dir/coredns.version" 2>/dev/null)" = "$version" ]; then
+    log "cached: CoreDNS $version"
+    return
+  fi
+  log "building CoreDNS $version (about 5 minutes cold on 2 cores)"
+  (GOBIN="$bin_dir" run_logged "$cache_dir/build/coredns.log" \
+    go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$version")
+  echo "$version" >"$bin_dir/coredns.version"
+  log "built CoreDNS $version"
 }
 
 # actionlint (checks .github/workflows in make test), a Go module like the rest.
@@ -188,7 +204,8 @@ case "$what" in
   keda) build_keda ;;
   pause) build_pause ;;
   lint) build_lint ;;
+  coredns) build_coredns ;;
   all) build_kube; build_keda; build_pause; build_lint ;;
-  *) log "usage: $0 [kube|keda-crds|keda|pause|lint|all]"; exit 2 ;;
+  *) log "usage: $0 [kube|keda-crds|keda|pause|lint|coredns|all]"; exit 2 ;;
 esac
 echo "$bin_dir"
