@@ -40,7 +40,8 @@ lint: venv binaries
 bench: venv binaries
 	$(PYTHON) -m bench
 
-e2e:
+# On kind where Docker and kind exist, else on the local cluster (devcluster e2e).
+e2e: venv binaries
 	bash e2e/run.sh
 
 clean:

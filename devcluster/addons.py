@@ -32,6 +32,9 @@ KEDA_IMAGES = {  # KEDA's image names in its config -> the binary built here
     "ghcr.io/kedacore/keda-admission-webhooks": "keda-admission-webhooks",
 }
 KEDA_TAG = "2.20.2-local"
+# The manifests' Redis image has no registry here: Debian's redis-server (7.0) in its own
+# rootfs stands in, named for what it is; make e2e's overlay points the manifests at it.
+REDIS_IMAGE = "session-manager-local/redis:7.0-bookworm"
 VOLUMES = 3
 
 COREFILE = """.:1053 {
@@ -163,6 +166,9 @@ def import_images(node) -> None:
         archive = images.binary_archive(ref, binary, user=user)
         if not node.image_present(ref) or archive.stat().st_mtime > binary.stat().st_mtime + 1:
             node.import_image(archive)
+    if not node.image_present(REDIS_IMAGE):
+        node.import_image(images.rootfs_archive(REDIS_IMAGE, "redis-bookworm",
+                                                ("redis-server",), user="999:1000"))
 
 
 def apply(kubectl, objects: list[dict]) -> None:

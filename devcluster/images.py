@@ -128,19 +128,38 @@ def binary_archive(ref: str, binary: Path, *, user: str, args: tuple[str, ...] =
     if archive.is_file() and archive.stat().st_mtime >= binary.stat().st_mtime:
         return archive
     IMAGES_DIR.mkdir(parents=True, exist_ok=True)
-    work = IMAGES_DIR / f"{binary.name}-build"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    layer = work / "layer.tar"
+    layer = IMAGES_DIR / f"{binary.name}.layer.tar"
     with tarfile.open(layer, "w") as out:
         out.add(binary, arcname=binary.name)
         tmp = tarfile.TarInfo("tmp")  # for programs that write a scratch file
         tmp.type, tmp.mode = tarfile.DIRTYPE, 0o1777
         out.addfile(tmp)
+    layer_archive(archive, ref, layer, {"Entrypoint": [f"/{binary.name}", *args],
+                                        "User": user})
+    layer.unlink()
+    return archive
+
+
+def rootfs_archive(ref: str, name: str, packages: tuple[str, ...], *, user: str) -> Path:
+    """A Debian rootfs (debootstrap, cached) with `packages`, as a one-layer image: for
+    off-the-shelf servers the manifests run (Redis) where no registry has their image."""
+    archive = IMAGES_DIR / f"{name}.docker.tar"
+    if archive.is_file():
+        return archive
+    layer_archive(archive, ref, base_rootfs_tar(name, packages), {"User": user})
+    return archive
+
+
+def layer_archive(archive: Path, ref: str, layer_tar: Path, image_config: dict) -> None:
+    """Write a docker-archive (manifest, config, one layer) that `ctr images import` takes."""
+    work = IMAGES_DIR / f"{archive.name}-build"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    layer = work / "layer.tar"
+    shutil.copyfile(layer_tar, layer)
     layer_digest = hashlib.sha256(layer.read_bytes()).hexdigest()
     config = {
-        "architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": [f"/{binary.name}", *args], "User": user},
+        "architecture": "amd64", "os": "linux", "config": image_config,
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
     }
     config_bytes = json.dumps(config).encode()
@@ -153,7 +172,6 @@ def binary_archive(ref: str, binary: Path, *, user: str, args: tuple[str, ...] =
             out.add(work / name, arcname=name)
     Path(str(archive) + ".tmp").rename(archive)
     shutil.rmtree(work, ignore_errors=True)
-    return archive
 
 
 class Docker:

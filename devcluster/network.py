@@ -9,7 +9,8 @@ Layout (fixed names, so a start after a crash finds and removes what the last on
 The egress guard (hard rule: nothing of the stack talks to an address off this machine):
   - every daemon runs in the cgroup v2 group `session-manager-stack`; OUTPUT rejects its
     packets unless they go to loopback, the node, pods or services (SM-EGRESS-OUT, counted);
-  - FORWARD drops pod packets that would leave the pod bridge (SM-EGRESS-FWD, counted);
+  - FORWARD drops pod packets that would leave the pod bridge for anything but the node,
+    pod and service ranges (SM-EGRESS-FWD, counted);
   - the same for IPv6, where the stack has no address at all.
 `EgressGuard.counts()` reads the counters of the reject/drop rules; tests assert they stay 0.
 """
@@ -139,11 +140,17 @@ class EgressGuard:
                 run([table_cmd, "-w", "-A", OUT_CHAIN, "-d", cidr, "-j", "RETURN"])
             reject = ("icmp-port-unreachable" if table_cmd == "iptables"
                       else "icmp6-port-unreachable")
+            _log_rule(table_cmd, OUT_CHAIN)
             run([table_cmd, "-w", "-A", OUT_CHAIN, "-j", "REJECT", "--reject-with", reject])
             run([table_cmd, "-w", "-I", "OUTPUT", "1", "-m", "cgroup", "--path", STACK_CGROUP,
                  "-j", OUT_CHAIN])
             run([table_cmd, "-w", "-N", FWD_CHAIN])
             run([table_cmd, "-w", "-A", FWD_CHAIN, "-o", POD_BRIDGE, "-j", "RETURN"])
+            # A ClusterIP with no endpoint is not DNATed: it is routed to the port-less node
+            # bridge and dies there, on this machine; not egress.
+            for cidr in allowed:
+                run([table_cmd, "-w", "-A", FWD_CHAIN, "-d", cidr, "-j", "RETURN"])
+            _log_rule(table_cmd, FWD_CHAIN)
             run([table_cmd, "-w", "-A", FWD_CHAIN, "-j", "DROP"])
         self.ensure_first()
 
@@ -186,6 +193,12 @@ class EgressGuard:
         if not self.cgroup_procs.exists():
             return []
         return [int(pid) for pid in self.cgroup_procs.read_text().split()]
+
+
+def _log_rule(table_cmd: str, chain: str) -> None:
+    """What the guard stops goes to the kernel log too (dmesg), a few a minute."""
+    run([table_cmd, "-w", "-A", chain, "-m", "limit", "--limit", "10/min", "-j", "LOG",
+         "--log-prefix", f"{chain}: "], check=False)
 
 
 def _last_rule_packets(table_cmd: str, chain: str) -> int:

@@ -8,6 +8,7 @@ exhaust a limit and wipe Redis.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -154,6 +155,10 @@ class TestSessionLifecycle:
 
     def test_session_pod_reaches_dns_but_not_redis(self, kubectl: Any, deployment: Any,
                                                    scenario: dict[str, Any]) -> None:
+        if os.environ.get("E2E_NETWORKPOLICY_ENFORCED", "1") == "0":
+            # The local cluster's Debian bridge CNI does not enforce NetworkPolicies: the
+            # policies are applied (and validated), their isolation is not proven there.
+            pytest.xfail("this cluster's CNI does not enforce NetworkPolicies")
         (pod, *_) = ready_pods(kubectl, scenario["id"])
         redis_host = f"redis.{deployment.control_namespace}.svc.cluster.local"
         probe = (
