@@ -1,0 +1,282 @@
+"""The deployment holds under operations: both API replicas serve, rolling restarts of the API
+and of the worker lose nothing, Redis comes back from its volume, RBAC is enough, pods pass
+the `restricted` Pod Security Standard.
+
+Runs before test_e2e.py (file order), whose last tests exhaust a rate limit. Chats are paced
+under the per-IP chat limit (100/min): every request here comes from one client address.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+import requests
+from test_e2e import selector, wait_until
+
+API = "app.kubernetes.io/name=session-manager,app.kubernetes.io/component=api"
+WORKER = "app.kubernetes.io/name=session-manager,app.kubernetes.io/component=worker"
+REDIS = "app.kubernetes.io/name=redis"
+CHAT_PACE_SECONDS = 0.8  # 75 chats a minute at most
+
+
+def create_running_session(api: Any, kubectl: Any, user: str) -> str:
+    response = api.post("/session/create", json={"user_id": user})
+    assert response.status_code == 201, response.text
+    session_id = response.json()["uuid"]
+    wait_until(lambda: running_pod(kubectl, session_id), timeout=120,
+               what="the session's pod Ready")
+    return session_id
+
+
+def running_pod(kubectl: Any, session_id: str) -> dict | None:
+    for pod in kubectl.items("pods", selector(session_id)):
+        if not pod["metadata"].get("deletionTimestamp") and any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in pod["status"].get("conditions") or []):
+            return pod
+    return None
+
+
+def messages(api: Any, session_id: str) -> dict[str, dict]:
+    response = api.get(f"/session/{session_id}/messages?limit=500")
+    assert response.status_code == 200, response.text
+    return {m["message_id"]: m for m in response.json()["messages"]}
+
+
+def agent_deliveries(kubectl: Any, session_id: str) -> list[str]:
+    pod = running_pod(kubectl, session_id)
+    assert pod, "no ready pod to ask for its deliveries"
+    response = requests.get(f"http://{pod['status']['podIP']}:1111/deliveries", timeout=10)
+    return [d["message_id"] for d in response.json()["deliveries"]]
+
+
+class ChatLoad:
+    """Chats at a steady pace from a thread; every answer is kept."""
+
+    def __init__(self, api: Any, session_id: str) -> None:
+        self.api, self.session_id = api, session_id
+        self.answers: list[tuple[str, int | str]] = []  # (message_id, status or error)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            message_id = f"load-{uuid.uuid4().hex[:12]}"
+            try:
+                response = self.api.post(f"/session/{self.session_id}/chat", timeout=60,
+                                         json={"message": "steady", "message_id": message_id})
+                self.answers.append((message_id, response.status_code))
+            except requests.RequestException as err:
+                self.answers.append((message_id, type(err).__name__))
+            self.stop.wait(CHAT_PACE_SECONDS)
+
+    def __enter__(self) -> ChatLoad:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(90)
+
+
+def api_pod_urls(kubectl: Any, namespace: str) -> list[str]:
+    return [f"http://{pod['status']['podIP']}:8080"
+            for pod in kubectl.items("pods", API, namespace=namespace)
+            if not pod["metadata"].get("deletionTimestamp") and pod["status"].get("podIP")]
+
+
+def test_both_api_replicas_serve(api: Any, kubectl: Any, deployment: Any) -> None:
+    """Each replica answers on its own address, and the Service routes to both of them."""
+    control = deployment.control_namespace
+    urls = api_pod_urls(kubectl, control)
+    assert len(urls) == 2, urls
+    key = {"X-API-Key": deployment.api_key}
+    for url in urls:
+        assert requests.get(f"{url}/health", timeout=10).status_code == 200
+        response = requests.post(f"{url}/session/create", json={"user_id": "e2e-replica"},
+                                 headers=key, timeout=30)
+        assert response.status_code == 201, response.text
+        assert api.delete(f"/session/{response.json()['uuid']}").status_code == 200
+    slices = json.loads(kubectl.run(
+        "get", "endpointslices", "-l", "kubernetes.io/service-name=session-manager", "-o",
+        "json", namespace=control).stdout)["items"]
+    ready = {address for item in slices for endpoint in item.get("endpoints") or []
+             if (endpoint.get("conditions") or {}).get("ready")
+             for address in endpoint["addresses"]}
+    assert {url.split("//")[1].split(":")[0] for url in urls} == ready
+
+
+def test_rolling_restart_of_the_api_under_chat_load_loses_nothing(
+        api: Any, kubectl: Any, deployment: Any) -> None:
+    session_id = create_running_session(api, kubectl, "e2e-api-restart")
+    try:
+        with ChatLoad(api, session_id) as load:
+            time.sleep(3)
+            kubectl.run("rollout", "restart", "deployment/session-manager",
+                        namespace=deployment.control_namespace)
+            kubectl.run("rollout", "status", "deployment/session-manager", "--timeout=240s",
+                        namespace=deployment.control_namespace, timeout=260)
+            time.sleep(3)
+        statuses = [status for _, status in load.answers]
+        assert len(statuses) >= 10, statuses
+        bad = [s for s in statuses if not isinstance(s, int) or s >= 500]
+        assert bad == [], f"{len(bad)} of {len(statuses)} chats failed during the restart: {bad}"
+        accepted = [mid for mid, status in load.answers if status in (200, 202)]
+        assert len(accepted) == len(statuses), statuses  # nothing else (no 4xx) either
+        stored = wait_until(
+            lambda: (m := messages(api, session_id)) and all(
+                m.get(mid, {}).get("state") == "delivered" for mid in accepted) and m,
+            timeout=120, what="every accepted chat delivered")
+        assert all(stored[mid]["reply"]["reply"] == "echo: steady" for mid in accepted)
+    finally:
+        api.delete(f"/session/{session_id}")
+
+
+def test_rolling_restart_of_the_worker_delivers_each_message_once(
+        api: Any, kubectl: Any, deployment: Any) -> None:
+    session_id = create_running_session(api, kubectl, "e2e-worker-restart")
+    try:
+        assert api.post(f"/session/{session_id}/sleep").status_code == 200
+        wait_until(lambda: not running_pod(kubectl, session_id), timeout=90,
+                   what="the pod gone after sleep")
+        ids = [f"w-{i}-{uuid.uuid4().hex[:8]}" for i in range(6)]
+        for message_id in ids:  # the first chat resumes the session; all wait for the worker
+            response = api.post(f"/session/{session_id}/chat",
+                                json={"message": f"slow:2 {message_id}", "message_id": message_id})
+            assert response.status_code == 202, response.text
+            time.sleep(CHAT_PACE_SECONDS)
+        wait_until(lambda: any(m.get("state") == "delivered"
+                               for m in messages(api, session_id).values()),
+                   timeout=120, what="the first queued message delivered")
+        kubectl.run("rollout", "restart", "deployment/session-manager-worker",
+                    namespace=deployment.control_namespace)
+        kubectl.run("rollout", "status", "deployment/session-manager-worker", "--timeout=240s",
+                    namespace=deployment.control_namespace, timeout=260)
+        stored = wait_until(
+            lambda: (m := messages(api, session_id)) and all(
+                m.get(mid, {}).get("state") == "delivered" for mid in ids) and m,
+            timeout=180, what="every queued message delivered after the worker restart")
+        for message_id in ids:
+            assert stored[message_id]["reply"]["reply"] == f"echo: slow:2 {message_id}"
+        # The pod saw each message; a redelivery after a worker died mid-way is answered from
+        # the agent's dedupe (same message_id), never processed twice into two replies.
+        seen = agent_deliveries(kubectl, session_id)
+        assert all(seen.count(message_id) >= 1 for message_id in ids), seen
+        print(f"worker restart: {sum(seen.count(m) for m in ids) - len(ids)} redeliveries")
+    finally:
+        api.delete(f"/session/{session_id}")
+
+
+def test_redis_pod_deleted_mid_traffic_comes_back_with_everything(
+        api: Any, kubectl: Any, deployment: Any) -> None:
+    control = deployment.control_namespace
+    session_id = create_running_session(api, kubectl, "e2e-redis-delete")
+    api_restarts_before = restart_counts(kubectl, control, API)
+    try:
+        # One slow chat holds the session's delivery lease; the next ones queue behind it.
+        slow = {}
+        holder = threading.Thread(target=lambda: slow.update(r=api.post(
+            f"/session/{session_id}/chat", timeout=90,
+            json={"message": "slow:12 first", "message_id": "r-first"})), daemon=True)
+        holder.start()
+        time.sleep(2)
+        queued = [f"r-q{i}" for i in range(3)]
+        for message_id in queued:
+            response = api.post(f"/session/{session_id}/chat",
+                                json={"message": message_id, "message_id": message_id})
+            assert response.status_code == 202, response.text
+        before = messages(api, session_id)
+        sessions_before = {s["uuid"] for s in api.get("/sessions?limit=500").json()["sessions"]}
+        time.sleep(2)  # appendfsync everysec: what was acknowledged a second ago is on disk
+
+        # The pod deleted mid-traffic: its replacement starts from the same volume within
+        # seconds; the API may ride it out on its retries, and must never answer a 500.
+        kubectl.run("delete", "pod", "-l", REDIS, "--wait=false", namespace=control)
+        seen = [health_status(api) for _ in range(20) if time.sleep(0.25) is None]
+        assert set(seen) <= {200, 503, None}, seen  # None: no ready replica for a moment
+        kubectl.run("rollout", "status", "deployment/redis", "--timeout=120s", namespace=control)
+        wait_until(lambda: health_status(api) == 200, timeout=120, interval=1,
+                   what="the API ready again after the Redis pod was replaced")
+        # Then a real outage (no Redis pod at all): every replica answers 503 with a stable
+        # code (asked at its own address: once unready, the Service stops routing to it).
+        urls = api_pod_urls(kubectl, control)
+        kubectl.run("scale", "deployment/redis", "--replicas=0", namespace=control)
+        try:
+            for url in urls:
+                # (a 503 Response is falsy: return its body)
+                outage = wait_until(
+                    lambda url=url: (r := requests.get(f"{url}/health", timeout=10))
+                    .status_code == 503 and r.json(), timeout=60, interval=0.3,
+                    what=f"{url}/health 503 while Redis is down")
+                assert outage["status"] == "unhealthy"
+                during = requests.post(f"{url}/session/{session_id}/chat", timeout=30,
+                                       headers={"X-API-Key": deployment.api_key},
+                                       json={"message": "during outage"})
+                assert during.status_code == 503 and during.json()["code"], during.text
+        finally:
+            kubectl.run("scale", "deployment/redis", "--replicas=1", namespace=control)
+            # (After failureThreshold x periodSeconds of 503s the API pods are unready, so the
+            # Service refuses connections until Redis is back: that is what readiness is for.)
+            wait_until(lambda: health_status(api) == 200, timeout=180, interval=1,
+                       what="/health 200 again once Redis is back")
+
+        holder.join(90)
+        assert "r" in slow and slow["r"].status_code in (200, 202, 503), slow  # never a 500
+        sessions_after = {s["uuid"] for s in api.get("/sessions?limit=500").json()["sessions"]}
+        assert sessions_before <= sessions_after
+        after = messages(api, session_id)
+        assert set(before) <= set(after), (sorted(before), sorted(after))
+        wait_until(lambda: all(messages(api, session_id).get(mid, {}).get("state") ==
+                               "delivered" for mid in ["r-first", *queued]),
+                   timeout=180, what="the held and the queued messages delivered")
+        assert restart_counts(kubectl, control, API) == api_restarts_before, \
+            "the API recovered by restarting"
+    finally:
+        api.delete(f"/session/{session_id}")
+
+
+def health_status(api: Any) -> int | None:
+    try:
+        return api.get("/health", auth=False).status_code
+    except requests.ConnectionError:
+        return None
+
+
+def restart_counts(kubectl: Any, namespace: str, labels: str) -> dict[str, int]:
+    return {pod["metadata"]["name"]: sum(c.get("restartCount", 0)
+                                         for c in pod["status"].get("containerStatuses") or [])
+            for pod in kubectl.items("pods", labels, namespace=namespace)}
+
+
+@pytest.mark.parametrize("namespace_key", ["control_namespace", "namespace"])
+def test_namespaces_enforce_the_restricted_pod_security_standard(
+        kubectl: Any, deployment: Any, namespace_key: str) -> None:
+    namespace = getattr(deployment, namespace_key)
+    labels = json.loads(kubectl.run("get", "namespace", namespace, "-o", "json").stdout)[
+        "metadata"]["labels"]
+    assert labels.get("pod-security.kubernetes.io/enforce") == "restricted"
+    # Every pod there was admitted under it; one that asks for more is refused.
+    refused = kubectl.run("run", "pss-probe", "--image=session-manager-demo-agent:0.1.0",
+                          "--restart=Never", "--dry-run=server", namespace=namespace,
+                          check=False)
+    assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr, refused.stderr
+
+
+def test_the_control_plane_never_hit_a_403(kubectl: Any, deployment: Any) -> None:
+    """The Role is enough for everything the tests made it do (test_manifests.py checks it
+    is no more than service.kube.required_permissions())."""
+    control = deployment.control_namespace
+    pods = kubectl.items("pods", "app.kubernetes.io/name=session-manager", namespace=control)
+    assert pods
+    for pod in pods:
+        log = kubectl.run("logs", pod["metadata"]["name"], "--all-containers",
+                          namespace=control).stdout
+        # How the API server words an RBAC denial, in the client's exception or our log.
+        denied = [line for line in log.splitlines()
+                  if "is forbidden" in line or "Reason: Forbidden" in line]
+        assert denied == [], f"{pod['metadata']['name']}: " + "\n".join(denied)[:2000]
