@@ -58,6 +58,13 @@ def ready_pods(kubectl: Any, session_id: str) -> list[dict[str, Any]]:
     ]
 
 
+def ready_endpoints(kubectl: Any, session_id: str) -> list[str]:
+    slices = kubectl.items("endpointslices.discovery.k8s.io",
+                           f"kubernetes.io/service-name=session-{session_id}")
+    return [address for item in slices for endpoint in item.get("endpoints") or []
+            if (endpoint.get("conditions") or {}).get("ready") for address in endpoint["addresses"]]
+
+
 def deployment_replicas(kubectl: Any, session_id: str) -> int | None:
     (deployment,) = kubectl.items("deployments.apps", selector(session_id))
     return deployment["spec"].get("replicas")
@@ -138,7 +145,7 @@ class TestSessionLifecycle:
         record_latency("create -> pod Ready", time.monotonic() - scenario["created_at"])
         record_latency("wake request -> pod Ready", time.monotonic() - started)
 
-    def test_chat_while_running_is_answered_by_the_pod(self, api: Any,
+    def test_chat_while_running_is_answered_by_the_pod(self, api: Any, kubectl: Any,
                                                        scenario: dict[str, Any]) -> None:
         session_id = scenario["id"]
 
@@ -147,6 +154,12 @@ class TestSessionLifecycle:
             return response.status_code == 200 and response.json()["status"] == "running"
 
         wait_until(running, timeout=30, what="status running")
+        # "running" follows the Deployment's ready replicas; the Service's endpoint (what the
+        # control plane dials) follows a moment later. A chat in that moment is queued (202)
+        # and delivered by the worker: nothing lost, but this step wants the direct answer.
+        wait_until(lambda: ready_endpoints(kubectl, session_id), timeout=30,
+                   what="the session Service's ready endpoint")
+        time.sleep(1)  # kube-proxy programs the endpoint after the EndpointSlice changes
         response = api.post(f"/session/{session_id}/chat", json={"message": "hello running"})
         assert response.status_code == 200, response.text
         body = response.json()
