@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from devcluster import apiserver as local
+from devcluster import paths
 from service import names
 from service.config import REPO_ROOT
 from service.kube import Kube, load_api_client
@@ -234,7 +235,7 @@ class Context:
             self._apiserver = server
             admin = Kube(load_api_client(str(server.kubeconfig)), "default")
             try:
-                admin.install_crds(local.keda_crds())
+                admin.install_crds(paths.keda_crds())
             finally:
                 admin.close()
         return self._apiserver

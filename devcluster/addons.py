@@ -171,22 +171,17 @@ def import_images(node) -> None:
                                                 ("redis-server",), user="999:1000"))
 
 
-def apply(kubectl, objects: list[dict]) -> None:
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
-            input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
-
-
 def install(cluster) -> None:
     """DNS, storage and KEDA on a running LocalCluster (kubelet started with clusterDNS)."""
     import_images(cluster.node)
-    apply(cluster.kubectl, _dns_objects())
-    apply(cluster.kubectl, _storage_objects(cluster.run_dir / "volumes"))
+    cluster.apply(_dns_objects())
+    cluster.apply(_storage_objects(cluster.run_dir / "volumes"))
     keda_objects = _keda_objects()
     crds = [o for o in keda_objects if o["kind"] == "CustomResourceDefinition"]
-    apply(cluster.kubectl, crds)
+    cluster.apply(crds)
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                     *[f"crd/{o['metadata']['name']}" for o in crds])
-    apply(cluster.kubectl, [o for o in keda_objects if o["kind"] != "CustomResourceDefinition"])
+    cluster.apply([o for o in keda_objects if o["kind"] != "CustomResourceDefinition"])
     cluster.kubectl("-n", "kube-system", "rollout", "status", "deployment/coredns",
                     "--timeout=120s")
     for deployment in ("keda-operator", "keda-metrics-apiserver", "keda-admission"):

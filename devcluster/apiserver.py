@@ -202,8 +202,4 @@ class KubeApiServer:
         shutil.rmtree(getattr(self, "_etcd_data", ""), ignore_errors=True)
 
 
-def keda_crds() -> list[dict]:
-    return paths.keda_crds()
-
-
-__all__ = ["KubeApiServer", "LocalServiceError", "RedisServer", "free_port", "keda_crds"]
+__all__ = ["KubeApiServer", "LocalServiceError", "RedisServer", "free_port"]

@@ -233,7 +233,7 @@ class LocalCluster:
             admin.close()
         self.keda = keda.Keda(self.run_dir, self.spawner, kubeconfig=self.kubeconfig)
         self.keda.start_operator()
-        self.keda.start_adapter(self.kubectl)
+        self.keda.start_adapter(self.apply, self.kubectl)
 
     # -- clients ---------------------------------------------------------------------------
 
@@ -245,6 +245,12 @@ class LocalCluster:
         if check and result.returncode != 0:
             raise LocalServiceError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
         return result
+
+    def apply(self, objects: list[dict]) -> None:
+        """Server-side apply of objects as one List (stack setup: DNS, storage, KEDA)."""
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                     input_text=json.dumps({"apiVersion": "v1", "kind": "List",
+                                            "items": objects}))
 
     def logs_dir(self) -> Path:
         return self.run_dir / "logs"

@@ -108,13 +108,16 @@ def _start_full_stack(env: dict[str, str], cleanups: list, notes: list) -> None:
 
 
 def _prepare_namespace(kubeconfig: str, namespace: str, redis_password: str | None) -> None:
+    """The sessions namespace, and either KEDA's CRDs (API only: nothing installed them) or
+    the Redis Secret the TriggerAuthentication reads (full stack: its KEDA installed them)."""
     from service.kube import Kube, load_api_client
 
     kube = Kube(load_api_client(kubeconfig), namespace)
     try:
-        kube.install_crds(paths.keda_crds())
         kube.ensure_namespace(namespace)
-        if redis_password is not None:
+        if redis_password is None:
+            kube.install_crds(paths.keda_crds())
+        else:
             kube.ensure_secret("redis-credentials", {"password": redis_password})
     finally:
         kube.close()

@@ -201,9 +201,16 @@ class Docker:
         self.daemon.wait_until(lambda: self.docker("info", check=False).returncode == 0,
                                timeout=60, what="dockerd")
 
-    def docker(self, *args: str, check: bool = True, input_text: str | None = None):
-        return run([self.client, "-H", f"unix://{self.socket}", *args], check=check,
-                   input_text=input_text)
+    def docker(self, *args: str, check: bool = True, env: dict[str, str] | None = None):
+        return run([self.client, "-H", f"unix://{self.socket}", *args], check=check, env=env)
+
+    def build(self, *args: str) -> None:
+        """The legacy builder (no BuildKit in Debian's docker.io), failing with its output."""
+        result = self.docker("build", *args, check=False, env={
+            "DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin", "HOME": str(self.run_dir)})
+        if result.returncode != 0:
+            raise LocalServiceError(f"docker build {' '.join(args[:5])}… failed:\n"
+                                    f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
 
     def has(self, ref: str) -> bool:
         return self.docker("image", "inspect", ref, check=False).returncode == 0
@@ -255,25 +262,15 @@ def ensure_images(node: node_module.Node, run_dir: Path, spawner: Spawner) -> No
 
 
 def _build(docker: Docker, spec: ImageSpec) -> None:
-    args = ["build", "--quiet", "-f", str(spec.dockerfile), "-t", spec.ref,
+    args = ["--quiet", "-f", str(spec.dockerfile), "-t", spec.ref,
             "--build-arg", f"BASE_IMAGE={spec.base}"]
     log(f"docker build {spec.ref} from {spec.dockerfile.relative_to(paths.REPO_ROOT)}")
     if spec.ref != SERVICE_IMAGE:
-        run_env_build(docker, [*args, "--network=none", str(spec.context)])
+        docker.build(*args, "--network=none", str(spec.context))
         return
     with serve_directory(wheelhouse()) as url:
         # Host network only to reach the wheel listing on loopback; no index is consulted.
-        run_env_build(docker, [*args, "--network=host", "--build-arg", "PIP_NO_INDEX=1",
-                               "--build-arg", f"PIP_FIND_LINKS={url}",
-                               "--build-arg", "PIP_BREAK_SYSTEM_PACKAGES=1",
-                               str(spec.context)])
+        docker.build(*args, "--network=host", "--build-arg", "PIP_NO_INDEX=1",
+                     "--build-arg", f"PIP_FIND_LINKS={url}",
+                     "--build-arg", "PIP_BREAK_SYSTEM_PACKAGES=1", str(spec.context))
 
-
-def run_env_build(docker: Docker, args: list[str]) -> None:
-    result = subprocess.run([docker.client, "-H", f"unix://{docker.socket}", *args],
-                            capture_output=True, text=True, check=False,
-                            env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin",
-                                 "HOME": str(docker.run_dir)})
-    if result.returncode != 0:
-        raise LocalServiceError(f"docker {' '.join(args[:6])}… failed:\n"
-                                f"{result.stdout[-2000:]}{result.stderr[-2000:]}")

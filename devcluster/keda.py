@@ -62,7 +62,7 @@ class Keda:
         self.operator.wait_until(lambda: http_ok(healthz), timeout=60, what="keda-operator")
         return self.operator
 
-    def start_adapter(self, kubectl) -> Daemon:
+    def start_adapter(self, apply, kubectl) -> Daemon:
         """The metrics API server on the node's address, registered as KEDA's APIService."""
         kubeconfig = str(self.kubeconfig)
         self.adapter = self.spawner.spawn("keda-adapter", [
@@ -75,9 +75,7 @@ class Keda:
             f"--metrics-service-address={network.NODE_IP}:{self.grpc_port}",
             f"--port={free_port()}", "--v=0",
         ], env=self.env)
-        kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
-                input_text=json.dumps({"apiVersion": "v1", "kind": "List",
-                                       "items": self._registration()}))
+        apply(self._registration())
 
         def available() -> bool:
             result = kubectl("get", "apiservice", APISERVICE, "-o", "json", check=False)

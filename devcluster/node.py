@@ -80,10 +80,10 @@ class Node:
                           timeout=30)
         return daemon
 
-    def ctr(self, *args: str, check: bool = True, input_text: str | None = None):
+    def ctr(self, *args: str, check: bool = True):
         return run([paths.system_binary("ctr", "containerd"), "--address",
                     str(self.containerd_socket), "--namespace", "k8s.io", *args],
-                   check=check, input_text=input_text)
+                   check=check)
 
     def _write_cni_config(self) -> None:
         self.cni_conf_dir.mkdir(parents=True, exist_ok=True)
@@ -193,8 +193,3 @@ class Node:
                     "tasks", "list", check=False).stdout:
                 time.sleep(0.1)
 
-
-def cleanup_kube_proxy_rules() -> None:
-    """kube-proxy's own cleanup of its KUBE-* chains (iptables and nftables modes)."""
-    with contextlib.suppress(paths.LocalServiceError):
-        run([paths.binary("kube-proxy"), "--cleanup", "--v=0"], check=False)

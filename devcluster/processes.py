@@ -150,10 +150,11 @@ def kill_pid(pid: int, *, timeout: float = 10) -> None:
     kill_pids([pid], timeout=timeout)
 
 
-def run(args: list[str], *, check: bool = True,
-        input_text: str | None = None) -> subprocess.CompletedProcess:
+def run(args: list[str], *, check: bool = True, input_text: str | None = None,
+        env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
     """A short command's result, text out; with `check`, a failure raises with its stderr."""
-    result = subprocess.run(args, capture_output=True, text=True, input=input_text, check=False)
+    result = subprocess.run(args, capture_output=True, text=True, input=input_text, check=False,
+                            env=None if env is None else dict(env))
     if check and result.returncode != 0:
         raise LocalServiceError(
             f"{' '.join(args)} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")

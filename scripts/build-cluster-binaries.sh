@@ -171,31 +171,30 @@ build_pause() {
   log "built pause: $bin_dir/pause"
 }
 
-# CoreDNS, the cluster DNS of the e2e stack (a module with no replace lines: go install works).
-build_coredns() {
-  local version="${COREDNS_VERSION:-v1.14.7}"
-  if [ -x "$bin_dir/coredns" ] && [ "$(cat "$bin_dir/coredns.version" 2>/dev/null)" = "$version" ]; then
-    log "cached: CoreDNS $version"
+# `go install` of a module with no replace lines into the bin dir, cached by version.
+#   go_install_tool NAME MODULE/PKG VERSION "what it is"
+go_install_tool() {
+  local name="$1" package="$2" version="$3" what="$4"
+  if [ -x "$bin_dir/$name" ] && [ "$(cat "$bin_dir/$name.version" 2>/dev/null)" = "$version" ]; then
+    log "cached: $name $version"
     return
   fi
-  log "building CoreDNS $version (about 5 minutes cold on 2 cores)"
-  (GOBIN="$bin_dir" run_logged "$cache_dir/build/coredns.log" \
-    go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$version")
-  echo "$version" >"$bin_dir/coredns.version"
-  log "built CoreDNS $version"
+  log "building $name $version ($what)"
+  (GOBIN="$bin_dir" run_logged "$cache_dir/build/$name.log" \
+    go install -trimpath -ldflags "-s -w" "$package@$version")
+  echo "$version" >"$bin_dir/$name.version"
+  log "built $name $version"
 }
 
-# actionlint (checks .github/workflows in make test), a Go module like the rest.
+# CoreDNS: the cluster DNS of the e2e stack (about 2 minutes cold on 2 cores).
+build_coredns() {
+  go_install_tool coredns github.com/coredns/coredns "${COREDNS_VERSION:-v1.14.7}" "cluster DNS"
+}
+
+# actionlint: make test lints .github/workflows with it.
 build_lint() {
-  local version="${ACTIONLINT_VERSION:-v1.7.12}"
-  if [ -x "$bin_dir/actionlint" ] && [ "$(cat "$bin_dir/actionlint.version" 2>/dev/null)" = "$version" ]; then
-    log "cached: actionlint $version"
-    return
-  fi
-  (GOBIN="$bin_dir" run_logged "$cache_dir/build/actionlint.log" \
-    go install "github.com/rhysd/actionlint/cmd/actionlint@$version")
-  echo "$version" >"$bin_dir/actionlint.version"
-  log "built actionlint $version"
+  go_install_tool actionlint github.com/rhysd/actionlint/cmd/actionlint \
+    "${ACTIONLINT_VERSION:-v1.7.12}" "GitHub workflow linter"
 }
 
 case "$what" in

@@ -121,20 +121,8 @@ class StatusTracker:
         reason = None if event_type == "DELETED" else pod_failure_reason(obj)
         address = None if event_type == "DELETED" else ready_pod_ip(obj)
         with self._lock:
-            addresses = self._addresses.setdefault(session_id, {})
-            if address:
-                addresses[pod_name] = address
-            else:
-                addresses.pop(pod_name, None)
-            if not addresses:
-                self._addresses.pop(session_id, None)
-            failures = self._failures.setdefault(session_id, {})
-            if reason:
-                failures[pod_name] = reason
-            else:
-                failures.pop(pod_name, None)
-            if not failures:
-                self._failures.pop(session_id, None)
+            _set_per_pod(self._addresses, session_id, pod_name, address)
+            _set_per_pod(self._failures, session_id, pod_name, reason)
         self._publish(session_id)
 
     def _publish(self, session_id: str) -> None:
@@ -155,3 +143,15 @@ class StatusTracker:
         if previous is not None and previous != status:
             log.info("status %s -> %s", previous, status,
                      extra={"session_id": session_id, "reason": reason or None})
+
+
+def _set_per_pod(by_session: dict[str, dict[str, str]], session_id: str, pod_name: str,
+                 value: str | None) -> None:
+    """Record (or, with None, forget) one pod's value; a session with no pod left drops out."""
+    pods = by_session.setdefault(session_id, {})
+    if value:
+        pods[pod_name] = value
+    else:
+        pods.pop(pod_name, None)
+    if not pods:
+        by_session.pop(session_id, None)

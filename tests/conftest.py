@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from devcluster import apiserver as local
+from devcluster import paths
 from service import store as store_module
 from service.api import create_app
 from service.config import REPO_ROOT, Settings
@@ -35,7 +36,7 @@ def apiserver(tmp_path_factory: pytest.TempPathFactory) -> local.KubeApiServer:
     server = local.KubeApiServer(tmp_path_factory.mktemp("apiserver")).start()
     try:
         admin = Kube(load_api_client(str(server.kubeconfig)), "default")
-        admin.install_crds(local.keda_crds())
+        admin.install_crds(paths.keda_crds())
         admin.close()
         yield server
     finally:

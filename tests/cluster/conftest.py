@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import subprocess
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from devcluster import cluster as cluster_module
 from devcluster import network, paths
 from service.config import Settings
 from service.kube import Kube, load_api_client
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, wait_for
 
 _namespaces = itertools.count(1)
 
@@ -177,12 +176,6 @@ def view(local_cluster, namespace: str) -> ClusterView:
     return ClusterView(local_cluster, namespace)
 
 
-def wait_until(predicate, *, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+def wait_until(predicate, *, timeout: float, what: str):
+    """wait_for at a kubectl-friendly pace (each poll here may start a kubectl process)."""
+    return wait_for(predicate, timeout=timeout, what=what, interval=0.5)
