@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -69,7 +70,10 @@ class AgentState:
 class Server(ThreadingHTTPServer):
     # The stdlib default backlog of 5 makes concurrent connects stall on SYN retransmits.
     request_queue_size = 128
-    daemon_threads = True
+    # On shutdown, server_close() waits for the requests in progress: a reply being written
+    # when the pod is scaled down is finished, not cut.
+    daemon_threads = False
+    block_on_close = True
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -141,6 +145,9 @@ def main() -> None:
     Handler.session_id = os.environ.get("SESSION_ID", "")
     host = os.environ.get("AGENT_HOST") or "0.0.0.0"  # noqa: S104 - a pod serves its IP
     server = Server((host, port), Handler)
+    # PID 1 in a container has no default SIGTERM action: without a handler a scaled-down pod
+    # lingers for its whole grace period, holding its CPU request on the node.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(json.dumps({"message": "demo agent listening", "port": port}), flush=True)
     try:
         server.serve_forever()

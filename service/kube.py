@@ -71,6 +71,9 @@ class DeploymentState:
     replicas: int = 0  # desired, as KEDA (or the default) set it
     ready_replicas: int = 0
     resource_version: str | None = None
+    # False while the controller has not caught up with the latest spec (a scale 1 -> 0 -> 1 in
+    # quick succession): ready_replicas may still count a pod that is being deleted.
+    current: bool = True
 
 
 def _translate(err: Exception, *, kind: str | None = None, name: str | None = None) -> KubeError:
@@ -420,9 +423,12 @@ def state_of_deployment(deployment: dict[str, Any]) -> DeploymentState:
     spec = deployment.get("spec") or {}
     status = deployment.get("status") or {}
     metadata = deployment.get("metadata") or {}
+    observed = status.get("observedGeneration", status.get("observed_generation"))
+    generation = metadata.get("generation")
     return DeploymentState(
         exists=True,
         replicas=int(spec.get("replicas") or 0),
         ready_replicas=int(status.get("readyReplicas") or status.get("ready_replicas") or 0),
         resource_version=metadata.get("resourceVersion") or metadata.get("resource_version"),
+        current=observed is None or generation is None or int(observed) >= int(generation),
     )

@@ -54,12 +54,18 @@ def ready_pod_ip(pod: dict[str, Any]) -> str | None:
     return (status.get("podIP") or None) if ready else None
 
 
-def derive_status(deployment: DeploymentState, failure: str | None) -> tuple[str, str]:
+def derive_status(deployment: DeploymentState, failure: str | None,
+                  pod_ready: bool | None = None) -> tuple[str, str]:
+    """`pod_ready`: whether a Ready pod that is not being deleted is known (None: no pod of the
+    session has been seen, e.g. a cluster without kubelets, where the Deployment alone speaks)."""
     # Desired 0 first: a pod still ready while it is being scaled down is going away, and
     # chats sent to it now should wait for the next wake, not be forwarded to it.
     if deployment.replicas == 0:
         return "sleeping", ""
-    if deployment.ready_replicas > 0:
+    # Running needs the controller's view of the current spec and, where pods are seen, a pod
+    # that stays: after a quick sleep -> wake the Deployment can still count the old pod,
+    # which is terminating, as ready.
+    if deployment.ready_replicas > 0 and deployment.current and pod_ready is not False:
         return "running", ""
     if failure:
         return "failed", failure
@@ -75,7 +81,8 @@ class StatusTracker:
         self._publish_lock = threading.Lock()
         self._deployments: dict[str, DeploymentState] = {}
         self._failures: dict[str, dict[str, str]] = {}  # session -> pod name -> reason
-        self._addresses: dict[str, dict[str, str]] = {}  # session -> pod name -> ready IP
+        # session -> pod name -> IP while Ready and not being deleted, else "": every pod seen
+        self._addresses: dict[str, dict[str, str]] = {}
 
     def on_deployment(self, event_type: str, obj: dict[str, Any]) -> None:
         if event_type == "RELIST":
@@ -104,8 +111,9 @@ class StatusTracker:
                 session_id, reason = session_of(item), pod_failure_reason(item)
                 if session_id is not None and reason:
                     fresh.setdefault(session_id, {})[item["metadata"]["name"]] = reason
-                if session_id is not None and (ip := ready_pod_ip(item)):
-                    addresses.setdefault(session_id, {})[item["metadata"]["name"]] = ip
+                if session_id is not None:
+                    addresses.setdefault(session_id, {})[item["metadata"]["name"]] = (
+                        ready_pod_ip(item) or "")
             with self._lock:
                 # Failures and addresses that cleared, too.
                 touched = set(self._failures) | set(fresh) | set(self._addresses) | set(addresses)
@@ -119,9 +127,11 @@ class StatusTracker:
             return
         pod_name = (obj.get("metadata") or {}).get("name", "")
         reason = None if event_type == "DELETED" else pod_failure_reason(obj)
-        address = None if event_type == "DELETED" else ready_pod_ip(obj)
         with self._lock:
-            _set_per_pod(self._addresses, session_id, pod_name, address)
+            if event_type == "DELETED":
+                _set_per_pod(self._addresses, session_id, pod_name, None)
+            else:
+                self._addresses.setdefault(session_id, {})[pod_name] = ready_pod_ip(obj) or ""
             _set_per_pod(self._failures, session_id, pod_name, reason)
         self._publish(session_id)
 
@@ -131,11 +141,12 @@ class StatusTracker:
                 deployment = self._deployments.get(session_id)
                 failures = self._failures.get(session_id) or {}
                 failure = next(iter(sorted(failures.values())), None)
-                addresses = self._addresses.get(session_id) or {}
-                pod_ip = addresses[min(addresses)] if addresses else ""
+                pods = self._addresses.get(session_id) or {}
+                ready = sorted(ip for ip in pods.values() if ip)
+                pod_ip = ready[0] if ready else ""
             if deployment is None:
                 return  # a pod seen before its Deployment; the Deployment's event will publish
-            status, reason = derive_status(deployment, failure)
+            status, reason = derive_status(deployment, failure, bool(ready) if pods else None)
             previous = self.store.set_status(
                 session_id, status, reason=reason, from_cluster=True,
                 replicas=deployment.replicas, ready_replicas=deployment.ready_replicas,

@@ -175,3 +175,35 @@ def test_a_relist_forgets_a_failing_pod_deleted_while_no_watch_was_open(store):
     tracker.on_deployment("RELIST", {"items": []})  # Deployment gone too: forgotten
     tracker.on_pod("MODIFIED", failing_pod)
     assert store.get_session(session_id)["status"] == "waking"  # nothing to publish against
+
+
+def test_a_deployment_still_counting_a_terminating_pod_is_not_running(store):
+    """Sleep then wake in quick succession: the Deployment can report the old, terminating pod
+    as ready before its controller catches up. No chat may be sent to that pod: the session
+    is `running` only once a Ready pod that stays is known, and the status is current."""
+    from service.status import StatusTracker
+
+    session_id = store.reserve_id()
+    store.create_session(session_id, user_id="u", token_hash="x" * 64,
+                         now=store_module.utc_now())
+    labels = {names.MANAGED_BY_LABEL: names.MANAGED_BY_VALUE, names.SESSION_LABEL: session_id}
+    ready = [{"type": "Ready", "status": "True"}]
+    old_pod = {"metadata": {"name": "pod-old", "labels": labels,
+                            "deletionTimestamp": "2026-01-01T00:00:00Z"},
+               "status": {"podIP": "10.0.0.1", "conditions": ready}}
+    stale = {"metadata": {"name": names.object_name(session_id), "labels": labels,
+                          "generation": 3},
+             "spec": {"replicas": 1}, "status": {"observedGeneration": 2, "readyReplicas": 1}}
+    tracker = StatusTracker(store)
+    tracker.on_pod("RELIST", {"items": [old_pod]})
+    tracker.on_deployment("RELIST", {"items": [stale]})
+    assert store.get_session(session_id)["status"] == "waking"  # status behind the spec
+    caught_up = {**stale, "status": {"observedGeneration": 3, "readyReplicas": 1}}
+    tracker.on_deployment("MODIFIED", caught_up)
+    record = store.get_session(session_id)
+    assert (record["status"], record["pod_ip"]) == ("waking", "")  # only a terminating pod
+    new_pod = {"metadata": {"name": "pod-new", "labels": labels},
+               "status": {"podIP": "10.0.0.2", "conditions": ready}}
+    tracker.on_pod("ADDED", new_pod)
+    record = store.get_session(session_id)
+    assert (record["status"], record["pod_ip"]) == ("running", "10.0.0.2")
