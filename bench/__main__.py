@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import chat, delivery, kubeops, listing, load, memory, ratelimits, report
+from . import chat, delivery, kubeops, listing, load, memory, ratelimits, report, wake
 from .harness import Context
 
 FIGURES: dict[str, Callable[[Context], report.Figure]] = {
@@ -24,6 +24,9 @@ FIGURES: dict[str, Callable[[Context], report.Figure]] = {
     "memory": memory.memory,
     "ratelimit": ratelimits.ratelimit,
     "delivery": delivery.delivery,
+    # On the local cluster with real KEDA (needs what the real-cluster test layer needs).
+    "wake": wake.wake,
+    "scalers": wake.scalers,
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

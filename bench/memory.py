@@ -2,7 +2,7 @@
 
 Each round starts from an empty Redis, reads `used_memory`, creates 10k sessions through
 `Store.create_session` and reads it again. Sessions have no messages (history is excluded).
-MEMORY USAGE then splits the figure into the record hash, the activity key and the index
+MEMORY USAGE then splits the figure into the record hash, the work set and the index
 entries (the three sorted sets every session is in: all, status, expiry).
 """
 
@@ -32,16 +32,16 @@ def memory(ctx: Context) -> Figure:
         keys.append((int(redis.dbsize()) - keys_before) / SESSIONS)
         sample = ids[:: max(1, SESSIONS // SAMPLE)]
         records.append(median(redis.memory_usage(store_module.record_key(s)) for s in sample))
-        activity.append(median(redis.memory_usage(store_module.activity_key(s))
+        activity.append(median(redis.memory_usage(store_module.work_key(s))
                                for s in sample))
         index_keys = [store_module.ALL_INDEX, store_module.STATUS_INDEX_PREFIX + "created",
                       store_module.EXPIRY_INDEX]
         indexes.append(sum(redis.memory_usage(k, samples=0) for k in index_keys) / SESSIONS)
-        # At rest: the activity keys have expired (IDLE_TIMEOUT - cooldown after the last
-        # activity). Delete them, as their expiry would, and measure again.
+        # At rest: the work sets have expired (IDLE_TIMEOUT - cooldown after the last
+        # activity, nothing pending). Delete them, as their expiry would, and measure again.
         pipe = redis.pipeline(transaction=False)
         for session_id in ids:
-            pipe.delete(store_module.activity_key(session_id))
+            pipe.delete(store_module.work_key(session_id))
         pipe.execute()
         rested = int(redis.info("memory")["used_memory"])
         at_rest.append((rested - before) / SESSIONS)
@@ -49,19 +49,19 @@ def memory(ctx: Context) -> Figure:
     figure.rows = [
         Row("at rest: used_memory delta per session", "B", at_rest,
             target=Target("<=", 1024, "B")),
-        Row("just created (activity key alive)", "B", totals),
+        Row("just created (work set alive)", "B", totals),
         Row("  record hash (MEMORY USAGE)", "B", records),
         Row("  index entries: all + status + expiry", "B", indexes),
-        Row("  activity key (MEMORY USAGE)", "B", activity),
+        Row("  work set (MEMORY USAGE)", "B", activity),
         Row("keys per session, just created", "", keys),
     ]
     figure.notes = [
         f"{ctx.rounds} rounds, each from an empty Redis: used_memory after {SESSIONS:,} "
         "creates minus before, divided by the count (includes dict/expire-table overhead).",
-        "MEMORY USAGE rows: the median of a 200-session sample (record, activity key); the "
+        "MEMORY USAGE rows: the median of a 200-session sample (record, work set); the "
         "index rows are the three sorted sets' full MEMORY USAGE (SAMPLES 0) / sessions. "
         "The sorted-set entries are counters too (ZCARD is what /metrics reads).",
-        "At rest = after the activity keys (KEDA's 'recently active' sets, which expire "
+        "At rest = after the work sets (what the scalers read; with nothing pending they expire "
         "IDLE_TIMEOUT - cooldown after the last activity) are gone; the target is judged "
         "there. 'Just created' is the same sessions while the keys still exist.",
         "used_memory includes the keyspace and expires dict tables, which grow in powers of "

@@ -32,3 +32,19 @@ def make_ca_and_cert(cert_dir: Path, *, common_name: str, ips: tuple[str, ...] =
     (cert_dir / "ext.cnf").write_text("\n".join(extensions) + "\n")
     openssl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
             "-CAcreateserial", "-days", "30", "-extfile", "ext.cnf", "-out", "tls.crt")
+
+
+def scaler_certs(out_dir: Path, *names: str) -> Path:
+    """The push scaler's mutual TLS, made by the script deployments use too
+    (`scripts/scaler-certs.sh`): `server/` for the worker, `client/` for KEDA."""
+    from .paths import REPO_ROOT
+
+    subprocess.run([str(REPO_ROOT / "scripts" / "scaler-certs.sh"), str(out_dir), *names],
+                   check=True, capture_output=True)
+    return out_dir
+
+
+def scaler_client_secret(out_dir: Path) -> dict[str, str]:
+    """The data of the Secret KEDA's TriggerAuthentication reads (SCALER_SECRET_NAME)."""
+    return {name: (out_dir / "client" / name).read_text()
+            for name in ("ca.crt", "tls.crt", "tls.key")}

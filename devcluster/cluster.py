@@ -271,3 +271,20 @@ def down() -> None:
         if pid_alive(owner):
             kill_pids([owner], timeout=60)  # it tears down its own stack on SIGTERM
     cleanup.clean_host(paths.RUN_DIR, state, network.EgressGuard())
+
+
+def prepare_sessions_namespace(kubeconfig: Path, namespace: str, *, redis_password: str,
+                               scaler_tls: Path) -> None:
+    """A sessions namespace as KEDA needs it for either scaler mode: the Secret the redis
+    triggers' TriggerAuthentication reads and the one the push scaler's mutual TLS reads."""
+    from service.kube import Kube, load_api_client
+
+    from .certs import scaler_client_secret
+
+    kube = Kube(load_api_client(str(kubeconfig)), namespace)
+    try:
+        kube.ensure_namespace(namespace)
+        kube.ensure_secret("redis-credentials", {"password": redis_password})
+        kube.ensure_secret("session-manager-scaler-client", scaler_client_secret(scaler_tls))
+    finally:
+        kube.close()

@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from . import apiserver, cluster, paths
+from . import apiserver, certs, cluster, paths
 
 WORKDIR = paths.CACHE_DIR / "dev"
 NAMESPACE = "sessions"
@@ -75,7 +75,8 @@ def _start_api_only(env: dict[str, str], cleanups: list, notes: list) -> None:
     server = apiserver.KubeApiServer(WORKDIR / "apiserver").start()
     cleanups.append(server.stop)
     env["KUBECONFIG"] = str(server.kubeconfig)
-    _prepare_namespace(str(server.kubeconfig), env.get("NAMESPACE") or NAMESPACE, None)
+    _prepare_namespace(str(server.kubeconfig), env.get("NAMESPACE") or NAMESPACE)
+    _scaler_tls(env)  # the worker serves the push scaler; no KEDA here dials it
     notes.append(f"kubernetes: local kube-apiserver {server.url} (no kubelet)")
     notes.append(f"kubeconfig: {server.kubeconfig}")
 
@@ -96,29 +97,40 @@ def _start_full_stack(env: dict[str, str], cleanups: list, notes: list) -> None:
         # No cluster DNS here: the control plane reaches a session's pod at its address.
         "POD_URL_TEMPLATE": env.get("POD_URL_TEMPLATE") or "http://{pod_ip}:{port}",
     })
-    _prepare_namespace(str(local.kubeconfig), namespace, redis.password)
+    tls = _scaler_tls(env)
+    cluster.prepare_sessions_namespace(local.kubeconfig, namespace,
+                                       redis_password=redis.password, scaler_tls=tls)
     notes.append("mode:       full local stack: real kubelet + containerd, KEDA "
                  f"{(paths.BIN_DIR / 'keda.version').read_text().strip()}, Kubernetes "
                  f"{(paths.BIN_DIR / 'kubelet.version').read_text().strip()} "
                  f"(up in {local.timings['total']:.0f}s)")
-    notes.append(f"redis:      redis-server on 127.0.0.1:{redis.port} (requirepass; KEDA reads "
-                 "it through the TriggerAuthentication)")
+    notes.append(f"redis:      redis-server on 127.0.0.1:{redis.port} (requirepass)")
+    notes.append(f"scaler:     KEDA_SCALER={env.get('KEDA_SCALER') or 'push'}: KEDA on this host "
+                 f"dials the worker's push scaler at {env['SCALER_ADDRESS']} (mutual TLS)")
     notes.append(f"kubeconfig: {local.kubeconfig}   (kubectl: {paths.BIN_DIR / 'kubectl'})")
     notes.append(f"logs:       {local.logs_dir()}")
 
 
-def _prepare_namespace(kubeconfig: str, namespace: str, redis_password: str | None) -> None:
-    """The sessions namespace, and either KEDA's CRDs (API only: nothing installed them) or
-    the Redis Secret the TriggerAuthentication reads (full stack: its KEDA installed them)."""
+def _scaler_tls(env: dict[str, str]) -> Path:
+    """Certificates for the push scaler's mutual TLS (kept in the cache between runs) and the
+    worker's settings for it; returns the certificates' directory."""
+    tls = certs.scaler_certs(paths.RUN_DIR / "scaler-certs", "127.0.0.1", "localhost")
+    port = env.get("SCALER_PORT") or str(apiserver.free_port())
+    env.setdefault("SCALER_TLS_DIR", str(tls / "server"))
+    env["SCALER_PORT"] = port
+    env.setdefault("SCALER_ADDRESS", f"127.0.0.1:{port}")
+    env.setdefault("WORKER_HEALTH_PORT", str(apiserver.free_port()))
+    return tls
+
+
+def _prepare_namespace(kubeconfig: str, namespace: str) -> None:
+    """API only: the sessions namespace and KEDA's CRDs (no KEDA installed them)."""
     from service.kube import Kube, load_api_client
 
     kube = Kube(load_api_client(kubeconfig), namespace)
     try:
         kube.ensure_namespace(namespace)
-        if redis_password is None:
-            kube.install_crds(paths.keda_crds())
-        else:
-            kube.ensure_secret("redis-credentials", {"password": redis_password})
+        kube.install_crds(paths.keda_crds())
     finally:
         kube.close()
 

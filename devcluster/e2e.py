@@ -18,12 +18,17 @@ import sys
 import time
 from pathlib import Path
 
-from . import addons, paths
+from . import addons, certs, paths
 from .cluster import LocalCluster
 
 # Short timings so the lifecycle runs in minutes (as e2e/run.sh sets them for kind).
 TIMINGS = {"IDLE_TIMEOUT": "40", "KEDA_COOLDOWN_PERIOD": "10", "KEDA_POLLING_INTERVAL": "2",
            "KEDA_INITIAL_COOLDOWN_PERIOD": "30"}
+
+
+# The names KEDA dials the worker's push scaler at (SCALER_ADDRESS in the ConfigMap).
+SCALER_NAMES = ("session-manager-scaler.session-manager.svc.cluster.local",
+                "session-manager-scaler.session-manager.svc")
 
 
 def log(message: str) -> None:
@@ -56,6 +61,12 @@ def deploy(cluster: LocalCluster, work: Path) -> str:
                 f"--from-literal=password={redis_password}")
     kubectl("-n", "session-manager", "create", "secret", "generic", "api-keys",
             f"--from-literal=keys={api_key}")
+    # The push scaler's mutual TLS, as k8s-manifests/README.md makes it.
+    tls = certs.scaler_certs(work / "scaler-certs", *SCALER_NAMES)
+    kubectl("-n", "session-manager", "create", "secret", "generic", "session-manager-scaler-tls",
+            f"--from-file={tls / 'server'}")
+    kubectl("-n", "sessions", "create", "secret", "generic", "session-manager-scaler-client",
+            f"--from-file={tls / 'client'}")
     log("kubectl apply -k k8s-manifests (overlay: Redis image, short timings)")
     kubectl("apply", "-k", str(overlay(work)))
     for deployment in ("redis", "session-manager", "session-manager-worker"):

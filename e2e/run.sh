@@ -132,6 +132,13 @@ for namespace in session-manager sessions; do
 done
 kubectl -n session-manager create secret generic api-keys --from-literal=keys="$api_key" \
   >/dev/null
+# The push scaler's mutual TLS: the worker's serving certificate, KEDA's client certificate.
+"$root/scripts/scaler-certs.sh" "$work/scaler-certs" \
+  session-manager-scaler.session-manager.svc.cluster.local session-manager-scaler.session-manager.svc
+kubectl -n session-manager create secret generic session-manager-scaler-tls \
+  --from-file="$work/scaler-certs/server" >/dev/null
+kubectl -n sessions create secret generic session-manager-scaler-client \
+  --from-file="$work/scaler-certs/client" >/dev/null
 
 # -- the manifests, through an overlay that sets the image tags and the short timings --------
 manifests_from_work="$("$PYTHON" -c 'import os, sys; print(os.path.relpath(*sys.argv[1:]))' \

@@ -34,8 +34,20 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(settings)
     if args.command in ("serve", "worker"):
+        from .errors import BundleError
+        from .sessions import check_templates
+
         try:
             settings.check_serving()
+            check_templates(settings)
+            if args.command == "worker" and settings.keda_scaler == "push" \
+                    and settings.scaler_tls_dir is None:
+                raise ConfigError(
+                    "KEDA_SCALER=push: the worker serves KEDA's scaler with mutual TLS; set "
+                    "SCALER_TLS_DIR to a directory with tls.crt, tls.key and ca.crt")
+        except BundleError as err:
+            print(f"configuration error: {err.message}", file=sys.stderr)
+            return 2
         except ConfigError as err:
             print(f"configuration error: {err}", file=sys.stderr)
             return 2
@@ -78,7 +90,7 @@ def _worker(settings: Settings) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    worker.run(stop)
+    worker.run(stop, health_port=settings.worker_health_port)
     return 0
 
 

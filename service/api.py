@@ -32,8 +32,9 @@ from .errors import (
 )
 from .kube import Kube
 from .metrics import StoreCollector
+from .pods import PodClient
 from .ratelimit import RateLimiter
-from .sessions import PodClient, Result, Sessions
+from .sessions import Result, Sessions, check_templates
 from .store import Store, iso, utc_now
 
 log = logging.getLogger("service.api")
@@ -44,6 +45,7 @@ _KUBE_HEALTH_CACHE_SECONDS = 5.0
 def create_app(settings: Settings, *, store: Store | None = None, kube: Kube | None = None,
                pods: PodClient | None = None) -> Flask:
     settings.check_serving()
+    check_templates(settings)
     logs.configure(settings.log_level)
     if settings.auth_disabled:
         log.warning("authentication is DISABLED (AUTH_DISABLED=true): local development only")

@@ -17,7 +17,7 @@ import jinja2
 import yaml
 
 from . import names
-from .config import Settings
+from .config import SCALER_MODES, ConfigError, Settings
 from .errors import BundleError
 
 TEMPLATE_SUFFIXES = (".yaml", ".yml", ".yaml.j2")
@@ -136,9 +136,11 @@ def template_context(session_id: str, settings: Settings, keda_keys: dict[str, s
             "initial_cooldown_period": settings.keda_initial_cooldown_period_seconds,
             "redis_host": settings.keda_redis_host,
             "redis_port": settings.keda_redis_port,
+            "scaler_address": settings.scaler_address,
             **keda_keys,
         },
         "redis_secret": {"name": settings.redis_secret_name, "key": settings.redis_secret_key},
+        "scaler_secret": settings.scaler_secret_name,
     }
 
 
@@ -153,6 +155,8 @@ def _check_settings(settings: Settings) -> None:
         ("KEDA_REDIS_HOST", settings.keda_redis_host, names.check_hostname),
         ("REDIS_SECRET_NAME", settings.redis_secret_name, names.check_dns_subdomain),
         ("REDIS_SECRET_KEY", settings.redis_secret_key, names.check_secret_key),
+        ("SCALER_SECRET_NAME", settings.scaler_secret_name, names.check_dns_subdomain),
+        ("SCALER_ADDRESS", settings.scaler_address.rpartition(":")[0], names.check_hostname),
     ]
     for variable, value, check in checks:
         try:
@@ -249,6 +253,20 @@ def _check_names(objects: list[dict[str, Any]]) -> None:
         if (kind, name) in seen:
             raise BundleError(f"{template}: two {kind} objects named {name!r}")
         seen.add((kind, name))
+
+
+def check_scaler_mode(rendered: Bundle, settings: Settings) -> None:
+    """Refuse to start when the templates' KEDA triggers are not the kind KEDA_SCALER says:
+    push-mode templates with no worker scaler behind them would never wake a session."""
+    expected = SCALER_MODES[settings.keda_scaler]
+    found = {trigger.get("type") for obj in rendered.objects
+             if obj["kind"] in ("ScaledObject", "ScaledJob")
+             for trigger in (obj.get("spec") or {}).get("triggers") or []}
+    if found and found != {expected}:
+        raise ConfigError(
+            f"KEDA_SCALER={settings.keda_scaler} expects {expected} triggers, but the templates "
+            f"in {settings.templates_dir} have {', '.join(sorted(map(str, found)))}: set "
+            "KEDA_SCALER to match, or TEMPLATES_DIR to the matching template set")
 
 
 def to_yaml(bundle: Bundle) -> str:

@@ -22,6 +22,12 @@ T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# KEDA_SCALER: how KEDA learns a session has work. "push": the worker's external-push scaler
+# (gRPC, one connection per worker replica for all sessions, wakes on admission); "redis":
+# KEDA's redis scaler polls each session's work set (one Redis connection per session).
+SCALER_MODES = {"push": "external-push", "redis": "redis"}  # mode -> KEDA trigger type
+TEMPLATES_OF_MODE = {"push": REPO_ROOT / "templates", "redis": REPO_ROOT / "templates-redis"}
+
 RATE_LIMITED_ROUTES = ("create", "wake", "sleep", "status", "chat", "delete", "messages")
 DEFAULT_RATE_LIMITS = {
     "create": "100/minute",
@@ -67,6 +73,15 @@ class Settings:
     keda_redis_port: int = 6379
     redis_secret_name: str = "redis-credentials"  # noqa: S105 - a Secret's name
     redis_secret_key: str = "password"  # noqa: S105 - a key inside that Secret
+    keda_scaler: str = "push"
+    # Where KEDA dials the push scaler (rendered into ScaledObjects), where the worker serves
+    # it, the worker's serving certificate (tls.crt, tls.key and the ca.crt that signed KEDA's
+    # client certificate), and the Secret in NAMESPACE that gives KEDA its side.
+    scaler_address: str = "session-manager-scaler.session-manager.svc.cluster.local:9090"
+    scaler_port: int = 9090
+    scaler_tls_dir: Path | None = None
+    scaler_secret_name: str = "session-manager-scaler-client"  # noqa: S105 - a Secret's name
+    worker_health_port: int = 8081
     pod_url_template: str = "http://{name}.{namespace}.svc.cluster.local:80"
     pod_timeout_seconds: float = 30.0
     max_body_bytes: int = 64 * 1024
@@ -121,7 +136,9 @@ class Settings:
                 "USER_POD_MEMORY_LIMIT", defaults.user_pod_memory_limit, names.check_quantity
             ),
             namespace=read.checked("NAMESPACE", defaults.namespace, names.check_dns_label),
-            templates_dir=read.checked("TEMPLATES_DIR", defaults.templates_dir, _existing_dir),
+            templates_dir=read.checked(
+                "TEMPLATES_DIR", TEMPLATES_OF_MODE.get(env.get("KEDA_SCALER", "").strip().lower(),
+                                                       defaults.templates_dir), _existing_dir),
             log_level=read.choice(
                 "LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
@@ -159,6 +176,20 @@ class Settings:
             ),
             redis_secret_key=read.checked(
                 "REDIS_SECRET_KEY", defaults.redis_secret_key, names.check_secret_key
+            ),
+            keda_scaler=read.choice("KEDA_SCALER", defaults.keda_scaler,
+                                    tuple(SCALER_MODES), upper=False),
+            scaler_address=read.checked("SCALER_ADDRESS", defaults.scaler_address,
+                                        _host_and_port),
+            # 0: any free port (tests running several workers on one machine).
+            scaler_port=read.number("SCALER_PORT", defaults.scaler_port, minimum=0,
+                                    maximum=65535),
+            scaler_tls_dir=read.checked("SCALER_TLS_DIR", None, _tls_dir),
+            scaler_secret_name=read.checked(
+                "SCALER_SECRET_NAME", defaults.scaler_secret_name, names.check_dns_subdomain
+            ),
+            worker_health_port=read.number(
+                "WORKER_HEALTH_PORT", defaults.worker_health_port, minimum=0, maximum=65535
             ),
             pod_url_template=read.checked(
                 "POD_URL_TEMPLATE", defaults.pod_url_template, _pod_url_template
@@ -267,13 +298,15 @@ class _Reader:
             return False
         raise ConfigError(f"{name}={raw!r} must be true or false")
 
-    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+    def choice(self, name: str, default: str, allowed: tuple[str, ...], *,
+               upper: bool = True) -> str:
         raw = self._raw(name)
         if raw is None:
             return default
-        if raw.upper() not in allowed:
+        value = raw.upper() if upper else raw.lower()
+        if value not in allowed:
             raise ConfigError(f"{name}={raw!r} must be one of {', '.join(allowed)}")
-        return raw.upper()
+        return value
 
     def checked(self, name: str, default: T, check: Callable[[str], T | None]) -> T:
         raw = self._raw(name)
@@ -308,6 +341,21 @@ def _existing_dir(raw: str) -> Path:
     if not path.is_dir():
         raise ValueError("not a directory")
     return path
+
+
+def _tls_dir(raw: str) -> Path:
+    path = _existing_dir(raw)
+    missing = [f for f in ("tls.crt", "tls.key", "ca.crt") if not (path / f).is_file()]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    return path
+
+
+def _host_and_port(raw: str) -> None:
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be host:port")
+    names.check_hostname(host)
 
 
 def _api_keys(raw: str) -> tuple[str, ...]:

@@ -48,6 +48,8 @@ VERBS = {
 DEPLOYMENT_KIND = KindRef("apps/v1", "Deployment")
 WATCHED_KINDS = (DEPLOYMENT_KIND, KindRef("v1", "Pod"))
 PAUSE_KIND = KindRef("keda.sh/v1alpha1", "ScaledObject")
+# A watch asked to end after N seconds that has sent nothing for N + this is dead.
+WATCH_READ_MARGIN_SECONDS = 10
 
 
 def required_permissions(bundle_kinds: Iterable[KindRef]) -> dict[KindRef, set[str]]:
@@ -318,7 +320,9 @@ class Kube:
     # -- watching ------------------------------------------------------------------------
 
     def list_and_watch(self, kind: KindRef, *, selector: str, timeout_seconds: int = 60,
-                       stop: threading.Event | None = None) -> Iterator[tuple[str, dict]]:
+                       stop: threading.Event | None = None,
+                       on_restart: Callable[[], None] | None = None,
+                       ) -> Iterator[tuple[str, dict]]:
         """Yield (event type, object) forever: first ("RELIST", {"items": [...]}) with the
         whole current state — consumers replace what they knew, so objects deleted while no
         watch was open are forgotten — then WATCH events, resuming from the last
@@ -333,12 +337,19 @@ class Kube:
             yield "RELIST", {"items": [item.to_dict() for item in listing.items]}
             version = listing.metadata.resourceVersion
             while stop is None or not stop.is_set():
+                if on_restart is not None:
+                    on_restart()  # a quiet watch still proves it is alive, request by request
                 watcher = watch.Watch()
                 try:
-                    for event in self.dynamic.watch(
-                        resource, namespace=self.namespace, label_selector=selector,
-                        resource_version=version, timeout=timeout_seconds, watcher=watcher,
-                        allow_watch_bookmarks=True,
+                    # timeout_seconds asks the server to end the watch; the client's own read
+                    # deadline ends it when the server cannot (a half-open connection would
+                    # otherwise freeze every status while this worker keeps its lease).
+                    for event in watcher.stream(
+                        resource.get, namespace=self.namespace, label_selector=selector,
+                        resource_version=version, timeout_seconds=timeout_seconds,
+                        allow_watch_bookmarks=True, serialize=False,
+                        _request_timeout=(self.timeout,
+                                          timeout_seconds + WATCH_READ_MARGIN_SECONDS),
                     ):
                         obj = event["raw_object"]
                         if event["type"] == "ERROR":

@@ -3,7 +3,10 @@
 One pass: (1) records whose TTL passed are swept from the cluster and the indexes; (2) bundles
 in the cluster with no record and no create in progress are swept once older than a grace
 period; (3) records whose Deployment is gone are marked failed, and deletes that were
-interrupted are finished. The figures are returned and logged.
+interrupted are finished; (4) a paused flag that drifted from the ScaledObject's pause
+annotation (a crash or a Redis error between the two writes of a sleep or a wake) is set back
+to what the cluster does — the annotation is always written first. The figures are returned
+and logged.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from datetime import datetime
 from typing import Any
 
 from . import bundle
+from .bundle import KindRef
 from .config import Settings
 from .errors import KubeError, KubeUnavailable, SessionManagerError
-from .kube import DEPLOYMENT_KIND, Kube
+from .kube import DEPLOYMENT_KIND, PAUSE_KIND, PAUSED_REPLICAS_ANNOTATION, Kube
 from .sessions import template_kinds
 from .status import session_of
 from .store import Store
@@ -34,7 +38,8 @@ class Reconciler:
 
     def run_once(self) -> dict[str, int]:
         figures = {"expired_swept": 0, "orphans_swept": 0, "records_failed": 0,
-                   "deletes_finished": 0, "errors": 0}
+                   "deletes_finished": 0, "pauses_repaired": 0, "errors": 0}
+        self._paused: dict[str, bool] = {}
         kinds = template_kinds(self.settings)
         try:
             self._sweep_expired(kinds, figures)
@@ -79,6 +84,10 @@ class Reconciler:
                     continue  # not ours, or already being deleted (e.g. waiting on KEDA)
                 created = _epoch(obj["metadata"].get("creationTimestamp"))
                 live[session_id] = min(created, live.get(session_id, created))
+                if KindRef.of(obj) == PAUSE_KIND:
+                    annotations = obj["metadata"].get("annotations") or {}
+                    self._paused[session_id] = (
+                        annotations.get(PAUSED_REPLICAS_ANNOTATION) == "0")
         return live
 
     def _sweep_orphans(self, live: dict[str, float], kinds: list[bundle.KindRef],
@@ -108,6 +117,28 @@ class Reconciler:
             elif session_id not in deployments and record["status"] != "failed":
                 self.store.set_status(session_id, "failed", reason=BUNDLE_MISSING)
                 figures["records_failed"] += 1
+            elif (paused := self._paused.get(session_id)) is not None \
+                    and paused != (record.get("paused") == "1") \
+                    and self._still_drifted(session_id, paused):
+                log.info("pause flag drifted from the cluster; repaired",
+                         extra={"session_id": session_id, "paused": paused})
+                self.store.set_paused(session_id, paused)
+                figures["pauses_repaired"] += 1
+
+
+    def _still_drifted(self, session_id: str, listed_paused: bool) -> bool:
+        """The listing is from the start of the pass: a sleep or wake since then is not drift.
+        Read the annotation again and the flag after it (both writers set the annotation
+        first, so a flag that disagrees with a fresh read is one that lags)."""
+        try:
+            paused = self.kube.is_paused(session_id)
+        except KubeUnavailable:
+            raise
+        except KubeError:
+            return False
+        record = self.store.get_session(session_id)
+        return (paused == listed_paused and record is not None
+                and (record.get("paused") == "1") != paused)
 
 
 def _epoch(timestamp: Any) -> float:

@@ -11,11 +11,8 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import requests
 
 from . import bundle, names
 from .config import Settings
@@ -29,6 +26,7 @@ from .errors import (
     Unavailable,
 )
 from .kube import Kube
+from .pods import PodClient, PodError
 from .store import ACTIVE_STATUSES, STATUSES, Store, hash_token, iso, keda_keys, utc_now
 
 log = logging.getLogger(__name__)
@@ -45,67 +43,19 @@ class Result:
     body: dict[str, Any]
 
 
-class PodClient:
-    """POST /chat of the session pod contract (SPEC §7).
-
-    The pod is reached through POD_URL_TEMPLATE: by its Service's DNS name in a cluster with
-    DNS (the default), or by `{pod_ip}`, the address of its ready pod as the status watch saw
-    it (`address_of`), where the control plane has no cluster DNS (the local stack).
-    """
-
-    def __init__(self, settings: Settings,
-                 address_of: Callable[[str], str | None] | None = None) -> None:
-        self.settings = settings
-        self.address_of = address_of
-        self.needs_address = "{pod_ip}" in settings.pod_url_template
-        self.http = requests.Session()
-        # Pods are addressed directly: no proxy from the environment, and no re-reading of
-        # proxy variables and netrc on every call (a quarter of a forward's CPU otherwise).
-        self.http.trust_env = False
-        adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=64)
-        self.http.mount("http://", adapter)
-        self.http.mount("https://", adapter)
-
-    def url(self, session_id: str) -> str:
-        pod_ip = ""
-        if self.needs_address:
-            pod_ip = (self.address_of(session_id) if self.address_of else None) or ""
-            if not pod_ip:
-                raise PodError("pod address not known yet")
-        return self.settings.pod_url_template.format(
-            name=names.object_name(session_id), namespace=self.settings.namespace,
-            session_id=session_id, port=self.settings.user_pod_port, pod_ip=pod_ip,
-        )
-
-    def chat(self, session_id: str, message: str, message_id: str) -> dict:
-        """The pod's JSON reply; raises PodError when it cannot be had."""
-        url = self.url(session_id)
-        try:
-            response = self.http.post(
-                url.rstrip("/") + "/chat",
-                json={"message": message, "message_id": message_id, "session_id": session_id},
-                timeout=self.settings.pod_timeout_seconds,
-            )
-        except requests.RequestException as err:
-            raise PodError(f"pod unreachable: {type(err).__name__}") from err
-        if response.status_code >= 300:
-            raise PodError(f"pod answered HTTP {response.status_code}")
-        try:
-            reply = response.json()
-        except ValueError as err:
-            raise PodError("pod answered with a body that is not JSON") from err
-        return reply if isinstance(reply, dict) else {"reply": reply}
-
-
-class PodError(Exception):
-    pass
+_SAMPLE_ID = "s" + "a" * 16
 
 
 def template_kinds(settings: Settings) -> list[bundle.KindRef]:
     """Every kind the templates produce: what a sweep must cover. Kinds do not depend on the
     session, so a sample id stands in."""
-    sample = "s" + "a" * 16
-    return bundle.render(sample, settings, keda_keys(sample)).kinds()
+    return bundle.render(_SAMPLE_ID, settings, keda_keys(_SAMPLE_ID)).kinds()
+
+
+def check_templates(settings: Settings) -> None:
+    """At start: the templates render, and their KEDA triggers match KEDA_SCALER."""
+    bundle.check_scaler_mode(bundle.render(_SAMPLE_ID, settings, keda_keys(_SAMPLE_ID)),
+                             settings)
 
 
 def public_session(session_id: str, record: dict[str, str]) -> dict[str, Any]:
@@ -199,9 +149,10 @@ class Sessions:
         record = self.record(session_id)
         if record["status"] == "terminating":
             raise Conflict("The session is being deleted")
-        if record.get("paused") == "1":
-            self._resume(session_id)
-        self.store.touch(session_id)  # the activity key is what makes KEDA scale up
+        # Always, whatever the flag says: the unpause is idempotent, and a flag that drifted
+        # from the annotation (a crash between the two writes) must not keep a session asleep.
+        self._resume(session_id)
+        self.store.touch(session_id)  # `active` in the work set: the scalers wake the pod
         if record["status"] == "running" and int(record.get("ready_replicas") or 0) > 0:
             return Result(200, {"uuid": session_id, "action": "wake", "status": "running"})
         self.store.set_status(session_id, "waking")
@@ -211,6 +162,18 @@ class Sessions:
         if self.kube.set_paused(session_id, False):
             raise Unavailable("KEDA pause annotation could not be removed; retry")
         self.store.set_paused(session_id, False)
+
+    def _resume_for_chat(self, session_id: str) -> None:
+        """A chat was admitted for a session that is not running: make sure it is not held
+        asleep. The message is already kept, so a failure here is logged, never answered as
+        an error (a retry of the same message_id, a wake or the reconciler resumes it)."""
+        try:
+            self._resume(session_id)
+        except (Unavailable, KubeError) as err:
+            log.warning("could not resume the session for a queued chat: %s", err.message,
+                        extra={"session_id": session_id})
+            return
+        self.store.set_status(session_id, "waking")
 
     def sleep(self, session_id: str) -> Result:
         record = self.record(session_id)
@@ -276,9 +239,10 @@ class Sessions:
                 limit=self.settings.max_queued_messages, retry_after_seconds=5)
         if mode == "duplicate":
             return self._replay(session_id, message_id, info)
-        if info["paused"]:
-            self._resume(session_id)
-            self.store.set_status(session_id, "waking")
+        # Slept (flag) or asleep as the cluster says: the unpause is sent either way, so a
+        # flag that drifted from the annotation cannot keep the session from waking.
+        if mode == "queued" and (info["paused"] or info["status"] == "sleeping"):
+            self._resume_for_chat(session_id)
         if mode == "forward":
             return self._forward(session_id, message, message_id, info)
         return self._queued(session_id, message_id)
@@ -320,6 +284,8 @@ class Sessions:
         if stored.get("state") == "failed":
             return Result(200, {"uuid": session_id, "status": "failed", "message_id": message_id,
                                 "error": stored.get("error")})
+        if info.get("status") == "sleeping":  # still waiting: the retry also resumes
+            self._resume_for_chat(session_id)
         return self._queued(session_id, message_id)
 
     def messages(self, session_id: str, *, after: int, limit: int) -> Result:

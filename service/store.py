@@ -7,6 +7,7 @@ in the number of sessions, never a keyspace scan). Every multi-key change is one
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -31,6 +32,10 @@ EXPIRY_INDEX = _P + "exp"  # score = when the record expires (epoch s); the reap
 PENDING_INDEX = _P + "pending"  # sessions with undelivered messages; score = due (epoch ms)
 CREATED_SEQ = _P + "seq"
 STATS = _P + "stats"  # message counters for /metrics
+# Pub/sub channel: a session id is published when it gets work (a chat, a wake), so the push
+# scaler can tell KEDA at once. Best effort by nature; KEDA's polling IsActive backs it up.
+WORK_CHANNEL = _P + "work"
+ACTIVE_MEMBER = "active"  # the work set's "recently active" member
 # What a /sessions page shows of each record (reading only these keeps pages cheap).
 LISTED_FIELDS = ("user_id", "status", "created_at", "last_activity")
 
@@ -44,18 +49,20 @@ def record_key(session_id: str) -> str:
 
 
 def queue_key(session_id: str) -> str:
-    """The list KEDA's first redis trigger watches: queued messages."""
     return f"{_P}q:{session_id}"
 
 
-def activity_key(session_id: str) -> str:
-    """A one-member set with a TTL, KEDA's second trigger: 'recently active'."""
-    return f"{_P}a:{session_id}"
+def work_key(session_id: str) -> str:
+    """The one truth of "this session has work", read by every scaler path: a set holding
+    `m:<seq>` for each message queued or in flight (no TTL while there is one) and `active`
+    after activity (the set then expires activity_ttl after the last of it). Kept by the
+    same scripts that admit, claim, settle and sleep, so it cannot drift from the queues."""
+    return f"{_P}w:{session_id}"
 
 
 def keda_keys(session_id: str) -> dict[str, str]:
-    """The Redis keys the session's ScaledObject reads, for bundle rendering."""
-    return {"queue_key": queue_key(session_id), "activity_key": activity_key(session_id)}
+    """The Redis keys the session's ScaledObject may read, for bundle rendering."""
+    return {"work_key": work_key(session_id)}
 
 
 def _inflight_key(session_id: str) -> str:
@@ -173,7 +180,7 @@ class Store:
         created = self._run(
             "create_session",
             [record_key(session_id), ALL_INDEX, STATUS_INDEX_PREFIX + "created", EXPIRY_INDEX,
-             activity_key(session_id), _reservation_key(session_id), CREATED_SEQ],
+             work_key(session_id), _reservation_key(session_id), CREATED_SEQ],
             [session_id, self.session_ttl, self.activity_ttl,
              int(now.timestamp()) + self.session_ttl, *flat],
         )
@@ -196,34 +203,73 @@ class Store:
         assert status in STATUSES, status
         extra = [item for key, value in fields.items() for item in (key, str(value))]
         old = self._run("set_status",
-                        [record_key(session_id), STATUS_INDEX_PREFIX, PENDING_INDEX],
+                        [record_key(session_id), STATUS_INDEX_PREFIX, PENDING_INDEX,
+                         queue_key(session_id), _inflight_key(session_id)],
                         [session_id, status, reason, _now_ms(), "1" if from_cluster else "0",
                          *extra])
         return old or None
 
-    def touch(self, session_id: str, *, activity_ttl_seconds: int | None = None) -> bool:
-        """Mark activity: refresh TTLs and the activity key KEDA reads."""
+    def touch(self, session_id: str) -> bool:
+        """Mark activity: refresh TTLs and `active` in the work set (and tell the scaler)."""
         now = utc_now()
-        ttl = self.activity_ttl if activity_ttl_seconds is None else activity_ttl_seconds
         return bool(self._run(
             "touch",
-            [record_key(session_id), EXPIRY_INDEX, activity_key(session_id),
+            [record_key(session_id), EXPIRY_INDEX, work_key(session_id),
              *_data_keys(session_id)],
             [session_id, iso(now), self.session_ttl, int(now.timestamp()) + self.session_ttl,
-             ttl],
+             self.activity_ttl, WORK_CHANNEL],
         ))
 
     def clear_activity(self, session_id: str) -> None:
-        self._call(self.redis.delete, activity_key(session_id))
+        """Forget recent activity (an explicit sleep); pending messages stay work."""
+        self._call(self.redis.srem, work_key(session_id), ACTIVE_MEMBER)
+
+    def work(self, session_ids: list[str]) -> dict[str, int]:
+        """Per session: the size of its work set (0: nothing to do), or -1 when it must not
+        run — paused (slept), terminating, or gone. What the push scaler answers KEDA."""
+        if not session_ids:
+            return {}
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for session_id in session_ids:
+                pipe.scard(work_key(session_id))
+                pipe.hmget(record_key(session_id), ("status", "paused"))
+            found = pipe.execute()
+        except UNAVAILABLE as err:
+            raise _unavailable(err) from err
+        work = {}
+        for index, session_id in enumerate(session_ids):
+            size, (status, paused) = found[2 * index], found[2 * index + 1]
+            held = status is None or status == "terminating" or paused == "1"
+            work[session_id] = -1 if held else int(size)
+        return work
 
     def set_paused(self, session_id: str, paused: bool) -> None:
-        self._call(self.redis.hset, record_key(session_id), "paused", "1" if paused else "0")
+        self._run("set_paused", [record_key(session_id)], ["1" if paused else "0"])
+
+    def work_notifications(self, stop: Any) -> Iterator[str | None]:
+        """Session ids as they get work (a chat, a wake), from any process; first None, once
+        subscribed: anything published before may have been missed. Ends when `stop` is set;
+        raises RedisUnavailable when the subscription breaks."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(WORK_CHANNEL)
+            yield None
+            while not stop.is_set():
+                message = pubsub.get_message(timeout=1.0)
+                if message and message.get("type") == "message":
+                    yield _decode(message["data"])
+        except UNAVAILABLE as err:
+            raise _unavailable(err) from err
+        finally:
+            with contextlib.suppress(*UNAVAILABLE):
+                pubsub.close()
 
     def delete_session(self, session_id: str) -> bool:
         return bool(self._run(
             "delete_session",
             [record_key(session_id), ALL_INDEX, EXPIRY_INDEX, PENDING_INDEX,
-             STATUS_INDEX_PREFIX, activity_key(session_id), _delivery_lease(session_id),
+             STATUS_INDEX_PREFIX, work_key(session_id), _delivery_lease(session_id),
              *_data_keys(session_id)],
             [session_id, *STATUSES],
         ))
@@ -336,19 +382,21 @@ class Store:
             "admit_chat",
             [record_key(session_id), queue_key(session_id), _inflight_key(session_id),
              _messages_key(session_id), _message_ids_key(session_id), PENDING_INDEX,
-             _delivery_lease(session_id), STATS, EXPIRY_INDEX, activity_key(session_id)],
+             _delivery_lease(session_id), STATS, EXPIRY_INDEX, work_key(session_id)],
             [session_id, message_id, json.dumps(message), int(now.timestamp() * 1000),
              max_queued, max_kept, token, lease_seconds * 1000, "1" if allow_forward else "0",
              iso(now), self.session_ttl, int(now.timestamp()) + self.session_ttl,
-             self.activity_ttl],
+             WORK_CHANNEL],
         )
         mode = result[0]
         if mode in ("forward", "queued"):
             return mode, {"seq": int(result[1]), "envelope": result[2],
-                          "paused": result[3] == "1", "lease_token": token}
+                          "paused": result[3] == "1", "lease_token": token,
+                          "status": result[4]}
         if mode == "duplicate":
             return mode, {"seq": int(result[1]),
-                          "message": json.loads(result[2]) if result[2] else {}}
+                          "message": json.loads(result[2]) if result[2] else {},
+                          "status": result[3]}
         if mode == "backlog":
             return mode, {"backlog": int(result[1])}
         return mode, {}
@@ -358,8 +406,9 @@ class Store:
         result = self._run(
             "claim_delivery",
             [record_key(session_id), queue_key(session_id), _inflight_key(session_id),
-             _messages_key(session_id), PENDING_INDEX, _delivery_lease(session_id)],
-            [session_id, token, lease_seconds * 1000, _now_ms()],
+             _messages_key(session_id), PENDING_INDEX, _delivery_lease(session_id),
+             work_key(session_id)],
+            [session_id, token, lease_seconds * 1000, _now_ms(), self.activity_ttl],
         )
         if result[0] != "claimed":
             return None
@@ -376,7 +425,7 @@ class Store:
             "finish_delivery",
             [record_key(session_id), queue_key(session_id), _inflight_key(session_id),
              _messages_key(session_id), PENDING_INDEX, _delivery_lease(session_id), STATS,
-             EXPIRY_INDEX, activity_key(session_id)],
+             EXPIRY_INDEX, work_key(session_id)],
             [session_id, envelope, lease_token, "delivered" if delivered else "failed",
              reply_or_error, iso(moment), now, max_attempts,
              now + int(retry_in_seconds * 1000), self.session_ttl,

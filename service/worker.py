@@ -3,7 +3,9 @@ what has no record. Safe to run as several replicas:
 
 - delivery: any worker may deliver any session, one message at a time under a per-session
   lease in Redis (claim = atomic move into an in-flight list that survives a crash);
-- status watching and reconciling: one leader each, elected with a renewed lease.
+- status watching and reconciling: one leader each, elected with a renewed lease;
+- KEDA's external-push scaler (KEDA_SCALER=push): every replica serves it (`scaler`);
+- liveness: every loop beats (`health`); /healthz on WORKER_HEALTH_PORT fails when one stalls.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from . import bundle as bundle_module
 from .config import Settings
 from .errors import SessionManagerError
-from .kube import DEPLOYMENT_KIND, WATCHED_KINDS, Kube
+from .health import HealthServer, Heartbeats
+from .kube import DEPLOYMENT_KIND, WATCH_READ_MARGIN_SECONDS, WATCHED_KINDS, Kube
+from .pods import PodClient, PodError
 from .reconciler import Reconciler
-from .sessions import PodClient, PodError
+from .scaler import ScalerServer
 from .status import StatusTracker
 from .store import Store
 
@@ -48,7 +52,16 @@ class Worker:
         self._draining: set[str] = set()
         self._draining_lock = threading.Lock()
         self.tracker = StatusTracker(store)
+        self.health: HealthServer | None = None  # set by run(health_port=...)
         self.reconciler = Reconciler(settings, store, kube)
+        # What each loop may take between two beats before /healthz calls the worker stalled.
+        watch_allowance = 2 * (watch_timeout_seconds + WATCH_READ_MARGIN_SECONDS) + 10
+        self.heartbeats = Heartbeats({
+            "delivery": 30.0,
+            "watch:Deployment": watch_allowance, "watch:Pod": watch_allowance,
+            "reconciler": max(300.0, 4.0 * settings.reconcile_interval_seconds),
+            "scaler": 30.0, "scaler-notify": 30.0,
+        })
 
     # -- delivery ------------------------------------------------------------------------
 
@@ -89,9 +102,8 @@ class Worker:
 
     def deliver(self, session_id: str, claim: dict) -> bool:
         message = claim["message"]
-        # The pod is busy while it answers: keep KEDA from scaling it to 0 under the delivery.
-        self.store.touch(session_id, activity_ttl_seconds=max(
-            self.settings.activity_ttl_seconds, self.settings.delivery_lease_seconds))
+        # No touch needed: the message stays in the session's work set until it is settled,
+        # so no scaler takes the pod away under the delivery.
         try:
             reply = self.pods.chat(session_id, message["message"], message["message_id"])
         except PodError as err:
@@ -183,11 +195,14 @@ class Worker:
     def _follow(self, kind, selector: str, term_over: threading.Event) -> None:
         handle = (self.tracker.on_deployment if kind == DEPLOYMENT_KIND
                   else self.tracker.on_pod)
+        beat = f"watch:{kind.kind}"
         while not term_over.is_set():
+            self.heartbeats.beat(beat)
             try:
                 for event_type, obj in self.kube.list_and_watch(
                         kind, selector=selector, timeout_seconds=self.watch_timeout_seconds,
-                        stop=term_over):
+                        stop=term_over, on_restart=lambda: self.heartbeats.beat(beat)):
+                    self.heartbeats.beat(beat)
                     handle(event_type, obj)
             except SessionManagerError as err:
                 log.warning("watching %s: %s", kind.kind, err.message)
@@ -196,16 +211,34 @@ class Worker:
                 # A surprise must not end this kind's watch for the rest of the term.
                 log.exception("watching %s failed unexpectedly", kind.kind)
                 term_over.wait(1)
+        self.heartbeats.forget(beat)  # the term is over: another replica watches now
 
     def reconcile_periodically(self, term_over: threading.Event) -> None:
         while not term_over.is_set():
+            self.heartbeats.beat("reconciler")
             self.reconciler.run_once()
+            self.heartbeats.beat("reconciler")
             term_over.wait(self.settings.reconcile_interval_seconds)
+        self.heartbeats.forget("reconciler")
 
     # -- main loop -----------------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, *, health_port: int | None = None,
+            scaler: bool | None = None) -> None:
+        """Until `stop`. `health_port`: serve /healthz there; `scaler`: serve the push scaler
+        (default: when KEDA_SCALER=push and SCALER_TLS_DIR is set)."""
         log.info("worker started", extra={"worker_id": self.worker_id})
+        health = push = None
+        if health_port is not None:
+            health = self.health = HealthServer(self.heartbeats, port=health_port)
+            health.start()
+        if scaler is None:
+            scaler = (self.settings.keda_scaler == "push"
+                      and self.settings.scaler_tls_dir is not None)
+        if scaler:
+            push = ScalerServer(self.store, port=self.settings.scaler_port,
+                                tls_dir=self.settings.scaler_tls_dir, heartbeats=self.heartbeats)
+            push.start()
         leaders = [
             threading.Thread(target=self._lead, args=("status-watcher", stop, self.watch_status),
                              daemon=True, name="status-watcher"),
@@ -216,6 +249,7 @@ class Worker:
         for thread in leaders:
             thread.start()
         while not stop.is_set():
+            self.heartbeats.beat("delivery")
             try:
                 self.deliver_due()
             except SessionManagerError as err:
@@ -223,6 +257,10 @@ class Worker:
             stop.wait(self.settings.worker_poll_interval_seconds)
         for thread in leaders:
             thread.join(timeout=LEADER_LEASE_SECONDS)
+        if push is not None:
+            push.stop()
         self.delivery_pool.shutdown(wait=True)
+        if health is not None:
+            health.stop()
         log.info("worker stopped", extra={"worker_id": self.worker_id})
 

@@ -44,6 +44,16 @@ def apiserver(tmp_path_factory: pytest.TempPathFactory) -> local.KubeApiServer:
 
 
 @pytest.fixture(scope="session")
+def scaler_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The push scaler's mutual TLS, made the way a deployment makes it: `server/` for the
+    worker (SCALER_TLS_DIR), `client/` for KEDA or a test's gRPC client."""
+    out = tmp_path_factory.mktemp("scaler-certs")
+    subprocess.run([str(REPO_ROOT / "scripts" / "scaler-certs.sh"), str(out), "127.0.0.1",
+                    "localhost"], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> local.RedisServer:
     server = local.RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server

@@ -97,7 +97,10 @@ def test_chat_queues_without_a_ready_pod_and_is_processed_by_a_ready_one(
     assert queued.status_code == 202
     assert queued.json["status"] == "queued"
     assert queued.json["message"] == "Pod is waking up, message queued"
-    assert store.redis.llen(store_module.queue_key(sid)) == 1  # what KEDA's trigger counts
+    assert store.redis.llen(store_module.queue_key(sid)) == 1
+    # What every scaler reads: the message is work until it is settled.
+    assert store.redis.smembers(store_module.work_key(sid)) == {"active", "m:1"}
+    assert store.redis.ttl(store_module.work_key(sid)) == -1  # no TTL while work is pending
 
     # The queued message is the worker's (test_worker); a fresh session answers directly.
     sid = create(client)["uuid"]
@@ -124,7 +127,7 @@ def test_wake_status_sleep(client, kube, store):
     woke = client.post(f"/session/{sid}/wake", headers=KEY)
     assert woke.status_code == 202 and woke.json == {"uuid": sid, "action": "wake",
                                                      "status": "waking"}
-    assert store.redis.exists(store_module.activity_key(sid))  # KEDA's wake signal
+    assert store.redis.sismember(store_module.work_key(sid), "active")  # the wake signal
 
     mark_deployment_ready(kube, sid)
     sync_status(kube, store, sid)
@@ -139,7 +142,8 @@ def test_wake_status_sleep(client, kube, store):
     assert slept.status_code == 200
     assert slept.json["action"] == "sleep" and slept.json["status"] == "sleeping"
     assert kube.is_paused(sid)  # KEDA's paused-replicas annotation, read back
-    assert not store.redis.exists(store_module.activity_key(sid))
+    # Slept: no activity, but the waiting message stays work (KEDA is paused, so nothing wakes).
+    assert store.redis.smembers(store_module.work_key(sid)) == {"m:1"}
     # KEDA has not scaled down yet, but a watch event must not undo the explicit sleep.
     sync_status(kube, store, sid)
     assert client.get(f"/session/{sid}/status", headers=KEY).json["status"] == "sleeping"

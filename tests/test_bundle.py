@@ -80,28 +80,64 @@ def test_service_sets_protocol_on_every_port(settings):
     assert service["spec"]["ports"][0]["port"] == 80
 
 
-def test_scaled_object_wakes_on_one_queued_message(settings):
-    scaled = by_kind(render(settings))["ScaledObject"]
-    spec = scaled["spec"]
+def test_scaled_object_asks_the_push_scaler_about_the_session(settings):
+    rendered = by_kind(render(settings.replace(scaler_address="scaler.example.svc:9443",
+                                               scaler_secret_name="scaler-client")))
+    spec = rendered["ScaledObject"]["spec"]
     assert spec["minReplicaCount"] == 0 and spec["maxReplicaCount"] == 1
     assert "idleReplicaCount" not in spec
     assert spec["pollingInterval"] == 5
-    deployment_name = by_kind(render(settings))["Deployment"]["metadata"]["name"]
-    assert spec["scaleTargetRef"]["name"] == deployment_name
-    lists = {t["metadata"]["listName"] for t in spec["triggers"]}
-    assert lists == {store.queue_key(SESSION), store.activity_key(SESSION)}
-    for trigger in spec["triggers"]:
-        assert trigger["type"] == "redis"
-        assert trigger["metadata"]["activationListLength"] == "0"
-        assert trigger["metadata"]["listLength"] == "1"
-        assert trigger["authenticationRef"]["name"] == by_kind(render(settings))[
-            "TriggerAuthentication"]["metadata"]["name"]
+    assert spec["scaleTargetRef"]["name"] == rendered["Deployment"]["metadata"]["name"]
+    [trigger] = spec["triggers"]
+    assert trigger["type"] == "external-push"
+    assert trigger["metadata"] == {"scalerAddress": "scaler.example.svc:9443",
+                                   "sessionId": SESSION}
+    auth = rendered["TriggerAuthentication"]
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    # Mutual TLS from one Secret shared by every session: KEDA pools one connection for all.
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "caCert", "name": "scaler-client", "key": "ca.crt"},
+        {"parameter": "tlsClientCert", "name": "scaler-client", "key": "tls.crt"},
+        {"parameter": "tlsClientKey", "name": "scaler-client", "key": "tls.key"}]
+
+
+REDIS_MODE = {"keda_scaler": "redis", "templates_dir": REPO_ROOT / "templates-redis"}
+
+
+def test_redis_trigger_set_wakes_on_one_message_of_work_with_one_trigger(settings):
+    rendered = by_kind(render(settings.replace(**REDIS_MODE)))
+    spec = rendered["ScaledObject"]["spec"]
+    assert spec["minReplicaCount"] == 0 and spec["maxReplicaCount"] == 1
+    # One trigger, so one Redis connection per session, on the set that also holds messages
+    # in flight (a list of queued messages alone loses sight of a claimed one).
+    [trigger] = spec["triggers"]
+    assert trigger["type"] == "redis"
+    assert trigger["metadata"]["listName"] == store.work_key(SESSION)
+    assert trigger["metadata"]["activationListLength"] == "0"
+    assert trigger["metadata"]["listLength"] == "1"
+    assert trigger["authenticationRef"]["name"] == rendered["TriggerAuthentication"][
+        "metadata"]["name"]
+    # The workload is the push set's own (the files are links, not copies).
+    assert rendered["Deployment"] == by_kind(render(settings))["Deployment"]
 
 
 def test_trigger_authentication_reads_the_redis_secret(settings):
-    auth = by_kind(render(settings.replace(redis_secret_name="my-redis", redis_secret_key="pw")))
+    auth = by_kind(render(settings.replace(redis_secret_name="my-redis", redis_secret_key="pw",
+                                           **REDIS_MODE)))
     refs = auth["TriggerAuthentication"]["spec"]["secretTargetRef"]
     assert refs == [{"parameter": "password", "name": "my-redis", "key": "pw"}]
+
+
+def test_templates_that_do_not_match_the_scaler_mode_refuse_to_start(settings):
+    from service.config import ConfigError
+    from service.sessions import check_templates
+
+    check_templates(settings)
+    check_templates(settings.replace(**REDIS_MODE))
+    with pytest.raises(ConfigError, match="KEDA_SCALER=push expects external-push triggers"):
+        check_templates(settings.replace(templates_dir=REPO_ROOT / "templates-redis"))
+    with pytest.raises(ConfigError, match="KEDA_SCALER=redis expects redis triggers"):
+        check_templates(settings.replace(keda_scaler="redis"))
 
 
 def test_settings_flow_into_the_bundle(settings):

@@ -54,3 +54,21 @@ def test_serve_refuses_to_start_without_api_keys():
     result = run("serve")
     assert result.returncode == 2
     assert "API_KEYS" in result.stderr and "AUTH_DISABLED" in result.stderr
+
+
+def test_keda_scaler_picks_its_template_set_and_a_mismatch_refuses_to_start(tmp_path):
+    result = run("render", SESSION, KEDA_SCALER="redis")
+    assert result.returncode == 0, result.stderr
+    [scaled] = [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "ScaledObject"]
+    assert [t["type"] for t in scaled["spec"]["triggers"]] == ["redis"]
+
+    key = "k" * 32
+    result = run("worker", API_KEYS=key, KEDA_SCALER="push",
+                 TEMPLATES_DIR=str(REPO_ROOT / "templates-redis"))
+    assert result.returncode == 2
+    assert "KEDA_SCALER=push expects external-push triggers" in result.stderr
+    result = run("worker", API_KEYS=key)  # push mode, no certificates
+    assert result.returncode == 2 and "SCALER_TLS_DIR" in result.stderr
+    result = run("worker", API_KEYS=key, SCALER_TLS_DIR=str(tmp_path))
+    assert result.returncode == 2
+    assert "SCALER_TLS_DIR" in result.stderr and "missing tls.crt, tls.key, ca.crt" in result.stderr

@@ -79,10 +79,13 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def worker_process(apiserver, tmp_path: Path):
+def worker_process(apiserver, tmp_path: Path, scaler_certs: Path):
     started: list[WorkerProcess] = []
 
     def start(settings: Settings, name: str, **env: str) -> WorkerProcess:
+        # Each serves the push scaler and /healthz, as deployed, on ports of its own.
+        env = {"SCALER_TLS_DIR": str(scaler_certs / "server"), "SCALER_PORT": "0",
+               "WORKER_HEALTH_PORT": "0", **env}
         started.append(WorkerProcess(settings, apiserver.kubeconfig,
                                      tmp_path / f"worker-{name}.log", **env))
         return started[-1]

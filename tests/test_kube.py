@@ -44,7 +44,7 @@ def test_apply_creates_every_object_with_labels(kube, settings, session_id):
         assert obj["metadata"]["labels"][names.MANAGED_BY_LABEL] == "session-manager"
         assert obj["metadata"]["labels"][names.SESSION_LABEL] == session_id
     scaled = next(o for o in live if o["kind"] == "ScaledObject")
-    assert scaled["spec"]["triggers"][0]["metadata"]["activationListLength"] == "0"
+    assert scaled["spec"]["triggers"][0]["metadata"]["sessionId"] == session_id
 
 
 def test_reapplying_the_same_bundle_changes_nothing(kube, settings, session_id):

@@ -1,4 +1,4 @@
-"""A session's life as the cluster and KEDA see it: the activity key KEDA reads, status from the
+"""A session's life as the cluster and KEDA see it: the work set the scalers read, status from the
 real Deployment and Pod watch, and the reconciler sweeping what has no (live) record. Against
 real Redis, the real API server and the demo agent as a real process."""
 
@@ -25,41 +25,43 @@ def bundle_owners(kube, settings) -> list[str]:
 
 def test_forwarded_chats_keep_the_session_active_for_keda_until_idle(
         settings, store, kube, demo_agent, make_api, make_worker):
-    # IDLE_TIMEOUT 4 s, KEDA cooldown 1 s: the key must vanish 3 s after the last activity.
+    # IDLE_TIMEOUT 4 s, KEDA cooldown 1 s: the work set must vanish 3 s after the last activity.
     settings = settings.replace(pod_url_template=demo_agent.url, idle_timeout_seconds=4,
                                 keda_cooldown_period_seconds=1)
     ttl_ms = settings.activity_ttl_seconds * 1000
     assert ttl_ms == 3000
     api = make_api(settings)
     session_id = api.create()
-    activity, queue = store_module.activity_key(session_id), store_module.queue_key(session_id)
-    # These are the keys the session's ScaledObject triggers make KEDA read.
+    work = store_module.work_key(session_id)
+    # The key the session's scaler reads (the push scaler by the trigger's sessionId).
     [scaled] = kube.list_objects(KindRef("keda.sh/v1alpha1", "ScaledObject"),
                                  bundle.label_selector(session_id))
-    assert [t["metadata"]["listName"] for t in scaled["spec"]["triggers"]] == [queue, activity]
+    assert [t["metadata"]["sessionId"] for t in scaled["spec"]["triggers"]] == [session_id]
+    assert store.work([session_id]) == {session_id: 1}  # new: active for IDLE_TIMEOUT
     with watching_status(make_worker(settings)):
         mark_deployment_ready(kube, session_id)
         wait_for(lambda: api.status(session_id)["status"] == "running", what="running")
 
-    # A conversation longer than the key's TTL, every chat answered by the pod directly.
+    # A conversation longer than the set's TTL, every chat answered by the pod directly.
     started, chats = time.monotonic(), 0
     while True:
         code, body = api.chat(session_id, "are you there?")
         chats += 1
         last_chat = time.monotonic()
         assert (code, body["status"]) == (200, "processed")
-        assert store.redis.llen(queue) == 0  # nothing is ever queued...
-        assert ttl_ms - 500 < store.redis.pttl(activity) <= ttl_ms  # ...this key keeps it up
+        # Settled: only the activity is left, and it counts down from the reply.
+        assert store.redis.smembers(work) == {"active"}
+        assert ttl_ms - 500 < store.redis.pttl(work) <= ttl_ms
         if last_chat - started > settings.activity_ttl_seconds + 1:
             break
         time.sleep(0.7)
-    assert store.redis.exists(activity)  # still counted as active, past its first TTL
+    assert store.work([session_id]) == {session_id: 1}  # still active, past its first TTL
 
-    wait_for(lambda: not store.redis.exists(activity), timeout=ttl_ms / 1000 + 2,
-             interval=0.02, what="the activity key to expire")
+    wait_for(lambda: not store.redis.exists(work), timeout=ttl_ms / 1000 + 2,
+             interval=0.02, what="the work set to expire")
     idle = time.monotonic() - last_chat
     assert settings.activity_ttl_seconds - 0.5 < idle < settings.activity_ttl_seconds + 0.5
-    assert store.redis.llen(queue) == 0  # both triggers inactive: KEDA may now scale to 0
+    assert store.work([session_id]) == {session_id: 0}  # inactive: KEDA may now scale to 0
     assert [m["state"] for m in api.messages(session_id)] == ["delivered"] * chats
 
 
@@ -139,7 +141,7 @@ def test_reconciler_sweeps_orphan_bundles_and_expired_sessions(
     figures = Reconciler(settings, store, kube).run_once()
 
     assert figures == {"expired_swept": 1, "orphans_swept": 1, "records_failed": 0,
-                       "deletes_finished": 0, "errors": 0}
+                       "deletes_finished": 0, "pauses_repaired": 0, "errors": 0}
     assert store.expired_ids(now=time.time()) == []
     assert store.counts()["total"] == 1  # the expired one is gone from the indexes too
     # The orphan's ScaledObject waits for KEDA to drop its finalizer: being deleted already,

@@ -47,6 +47,13 @@ def test_shipped_templates_validate_clean(settings):
     assert report.strip().splitlines()[-1].startswith("4 objects from 4 templates: OK")
 
 
+def test_the_redis_trigger_template_set_validates_clean(settings):
+    status, report = run(settings.replace(keda_scaler="redis",
+                                          templates_dir=REPO_ROOT / "templates-redis"))
+    assert status == 0, report
+    assert report.strip().splitlines()[-1].startswith("4 objects from 4 templates: OK")
+
+
 def test_wrong_type_in_scaled_object_names_file_and_field(settings, templates):
     edit(templates / "scaledobject.yaml", "pollingInterval: {{ keda.polling_interval }}",
          'pollingInterval: "five"')
@@ -78,8 +85,8 @@ def test_typo_in_a_container_field_is_an_error(settings, templates):
 
 def test_unknown_field_in_a_scaled_object_trigger_is_an_error(settings, templates):
     # The apiserver would prune it silently, so only this check catches the typo.
-    edit(templates / "scaledobject.yaml", "      name: queue\n",
-         "      name: queue\n      useCachedMetric: true\n")
+    edit(templates / "scaledobject.yaml", "      name: work\n",
+         "      name: work\n      useCachedMetric: true\n")
     status, report = run(settings.replace(templates_dir=templates))
     assert status == 1
     [line] = problem_lines(report)

@@ -1,18 +1,19 @@
 -- Admit one chat message: dedupe by message_id, enforce the backlog cap, record it in the
 -- conversation, and either take the session's delivery lease to forward it straight to a ready
 -- pod (the message waits in the in-flight list meanwhile) or queue it for the worker.
--- An admitted message is activity: the record's TTLs and the activity key KEDA reads are
--- refreshed here too, saving the chat path a round trip.
+-- An admitted message is work: it joins the session's work set (what every scaler reads; it
+-- stays there until the message is settled, so the pod is never scaled away under it), the
+-- record's TTLs are refreshed, and the push scaler is told at once (PUBLISH).
 -- KEYS: record, queue, inflight, messages, message_ids, pending_index, lease, stats,
---       expiry_index, activity
+--       expiry_index, work
 -- ARGV: id, message_id, message_json, now_ms, max_queued, max_kept, lease_token, lease_ms,
---       allow_forward, now_iso, ttl_seconds, expires_at, activity_ttl_seconds
+--       allow_forward, now_iso, ttl_seconds, expires_at, work_channel
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'gone'} end
 if status == 'terminating' then return {'terminating'} end
 local existing = redis.call('HGET', KEYS[5], ARGV[2])
 if existing then
-  return {'duplicate', existing, redis.call('HGET', KEYS[4], existing) or ''}
+  return {'duplicate', existing, redis.call('HGET', KEYS[4], existing) or '', status}
 end
 local backlog = redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3])
 if backlog >= tonumber(ARGV[5]) then return {'backlog', tostring(backlog)} end
@@ -52,12 +53,8 @@ for i = 1, 5 do
   if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[11]) end
 end
 redis.call('ZADD', KEYS[9], ARGV[12], ARGV[1])
-redis.call('SADD', KEYS[10], '1')
--- A forwarded message keeps the pod busy for up to the lease: KEDA must not scale it to 0
--- under the delivery (the worker's deliveries do the same).
-local activity_ttl = tonumber(ARGV[13])
-if mode == 'forward' then
-  activity_ttl = math.max(activity_ttl, math.ceil(tonumber(ARGV[8]) / 1000))
-end
-redis.call('EXPIRE', KEYS[10], activity_ttl)
-return {mode, tostring(seq), envelope, redis.call('HGET', KEYS[1], 'paused') or '0'}
+-- Pending work has no TTL: only an idle session's work set expires.
+redis.call('SADD', KEYS[10], 'active', 'm:' .. seq)
+redis.call('PERSIST', KEYS[10])
+redis.call('PUBLISH', ARGV[13], ARGV[1])
+return {mode, tostring(seq), envelope, redis.call('HGET', KEYS[1], 'paused') or '0', status}

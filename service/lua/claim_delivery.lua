@@ -2,15 +2,16 @@
 -- worker died, or one waiting for a retry), else the oldest queued one, moved atomically into
 -- the in-flight list. In-flight entries with nothing left to deliver (the conversation entry
 -- was trimmed, or a late attempt settled it) are dropped on the way, not left blocking.
--- KEYS: record, queue, inflight, messages, pending_index, lease
--- ARGV: id, lease_token, lease_ms, now_ms
+-- A session that is not running is dropped from the pending index: nothing polls it while it
+-- sleeps or wakes; set_status puts it back the moment its pod is ready.
+-- KEYS: record, queue, inflight, messages, pending_index, lease, work
+-- ARGV: id, lease_token, lease_ms, now_ms, activity_ttl_seconds
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[5], ARGV[1])
   return {'gone'}
 end
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
-  -- Look again in a second; set_status makes it due at once when the pod becomes ready.
-  redis.call('ZADD', KEYS[5], tonumber(ARGV[4]) + 1000, ARGV[1])
+  redis.call('ZREM', KEYS[5], ARGV[1])
   return {'not_ready'}
 end
 if not redis.call('SET', KEYS[6], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'busy'} end
@@ -35,4 +36,8 @@ while true do
     return {'claimed', envelope, stored}
   end
   redis.call('LREM', KEYS[3], 0, envelope)
+  redis.call('SREM', KEYS[7], 'm:' .. seq)
+  if redis.call('SCARD', KEYS[7]) <= redis.call('SISMEMBER', KEYS[7], 'active') then
+    redis.call('EXPIRE', KEYS[7], ARGV[5])
+  end
 end

@@ -3,8 +3,9 @@
 -- after max_attempts, mark it failed. Releases the lease and reschedules the session.
 -- A late finisher (its lease lapsed and the message was claimed again or settled meanwhile)
 -- may still record a reply, but a failure of its must not undo a newer outcome.
--- A delivered reply is activity: the record's TTL and KEDA's activity key are refreshed here.
--- KEYS: record, queue, inflight, messages, pending_index, lease, stats, expiry_index, activity
+-- A settled message leaves the work set; when no work is left the set expires activity_ttl
+-- after this (the session's idle clock). A delivered reply is activity: TTLs are refreshed.
+-- KEYS: record, queue, inflight, messages, pending_index, lease, stats, expiry_index, work
 -- ARGV: id, envelope, lease_token, outcome ('delivered'|'failed'), reply_json_or_error,
 --       now_iso, now_ms, max_attempts, retry_at_ms, ttl_seconds, expires_at,
 --       activity_ttl_seconds, extra_counter ('' or a stats field to count a delivery under)
@@ -60,9 +61,17 @@ if ARGV[4] == 'delivered' and redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('EXPIRE', KEYS[1], ARGV[10])
   redis.call('EXPIRE', KEYS[4], ARGV[10])
   redis.call('ZADD', KEYS[8], ARGV[11], ARGV[1])
-  redis.call('SADD', KEYS[9], '1')
-  redis.call('EXPIRE', KEYS[9], ARGV[12])
   if ARGV[13] ~= '' then redis.call('HINCRBY', KEYS[7], ARGV[13], 1) end
 end
 local message = redis.call('HGET', KEYS[4], seq)
+local state = message and cjson.decode(message)['state']
+if not message or state == 'delivered' or state == 'failed' then
+  redis.call('SREM', KEYS[9], 'm:' .. seq)
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if ARGV[4] == 'delivered' then redis.call('SADD', KEYS[9], 'active') end
+  if redis.call('SCARD', KEYS[9]) <= redis.call('SISMEMBER', KEYS[9], 'active') then
+    redis.call('EXPIRE', KEYS[9], ARGV[12])
+  end
+end
 return message or ''

@@ -1,5 +1,5 @@
 -- Move a session to a status: record fields and the per-status index in one step.
--- KEYS: record, status_index_prefix (e.g. "sm:st:"), pending_index
+-- KEYS: record, status_index_prefix (e.g. "sm:st:"), pending_index, queue, inflight
 -- ARGV: id, new_status, reason ('' clears), now_ms, from_cluster ('1': the watcher speaks),
 --       then extra field/value pairs
 -- Returns the previous status, or false when the record is gone.
@@ -19,8 +19,9 @@ if old ~= new then
 end
 redis.call('HSET', KEYS[1], 'status', new, 'reason', ARGV[3])
 for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
--- A pod just became ready: its queued messages are due now, not at the next retry slot.
-if new == 'running' and old ~= 'running' then
-  redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[1])
+-- A pod just became ready: its waiting messages are due now (nothing polled them before).
+if new == 'running' and old ~= 'running'
+    and redis.call('LLEN', KEYS[4]) + redis.call('LLEN', KEYS[5]) > 0 then
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 end
 return old

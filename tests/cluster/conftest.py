@@ -1,8 +1,10 @@
 """The real-cluster layer: the whole local stack (devcluster.LocalCluster) once per test run.
 
-Real kubelet + containerd run the demo agent image, real KEDA scales sessions through the
-TriggerAuthentication and the `redis-credentials` Secret (Redis with requirepass), the API and
-worker are the project's own code in-process. The fixtures here replace the root conftest's
+Real kubelet + containerd run the demo agent image, real KEDA scales sessions: by default
+through the worker's push scaler (in-process, on loopback, mutual TLS from the
+`session-manager-scaler-client` Secret), in redis mode through the TriggerAuthentication and
+the `redis-credentials` Secret (Redis with requirepass). The API and worker are the project's
+own code in-process. The fixtures here replace the root conftest's
 `namespace`, `kube` and `settings`, so its `store`, `make_api` and `make_worker` work on the
 cluster. On a machine that cannot run the stack (not Linux/root, packages missing) the layer
 is skipped with the reason; with REQUIRE_FULL_STACK=1 (CI) that is an error instead.
@@ -80,18 +82,25 @@ def leftovers(sysctls_before: dict[str, str]) -> list[str]:
     return found
 
 
+@pytest.fixture(scope="package")
+def scaler_port() -> int:
+    """One port for every test's push scaler: KEDA (on the host) keeps dialing one address."""
+    from devcluster.apiserver import free_port
+
+    return free_port()
+
+
 @pytest.fixture
-def namespace(local_cluster, redis_server) -> str:
+def namespace(local_cluster, redis_server, scaler_certs) -> str:
     name = f"c{os.getpid()}-{next(_namespaces)}"
-    admin = Kube(load_api_client(str(local_cluster.kubeconfig)), name)
     try:
-        admin.ensure_namespace(name)
-        admin.ensure_secret("redis-credentials", {"password": redis_server.password})
+        cluster_module.prepare_sessions_namespace(
+            local_cluster.kubeconfig, name, redis_password=redis_server.password,
+            scaler_tls=scaler_certs)
         yield name
     finally:
         # Stop the namespace's pods now (2 cores); the namespace controller finishes later.
         local_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-        admin.close()
 
 
 @pytest.fixture
@@ -102,10 +111,12 @@ def kube(local_cluster, namespace: str) -> Kube:
 
 
 @pytest.fixture
-def settings(namespace: str, redis_server) -> Settings:
-    """KEDA on the host reaches the tests' Redis on loopback; the control plane reaches pods
-    at their address (no cluster DNS in this stack)."""
+def settings(namespace: str, redis_server, scaler_certs, scaler_port: int) -> Settings:
+    """KEDA on the host reaches the worker's push scaler and the tests' Redis on loopback; the
+    control plane reaches pods at their address (no cluster DNS in this stack)."""
     return Settings(
+        scaler_address=f"127.0.0.1:{scaler_port}", scaler_port=scaler_port,
+        scaler_tls_dir=scaler_certs / "server",
         api_keys=(API_KEY,), namespace=namespace, redis_url=redis_server.url,
         pod_url_template="http://{pod_ip}:{port}",
         keda_redis_host="127.0.0.1", keda_redis_port=redis_server.port,
@@ -176,6 +187,6 @@ def view(local_cluster, namespace: str) -> ClusterView:
     return ClusterView(local_cluster, namespace)
 
 
-def wait_until(predicate, *, timeout: float, what: str):
+def wait_until(predicate, *, timeout: float, what: str, interval: float = 0.5):
     """wait_for at a kubectl-friendly pace (each poll here may start a kubectl process)."""
-    return wait_for(predicate, timeout=timeout, what=what, interval=0.5)
+    return wait_for(predicate, timeout=timeout, what=what, interval=interval)

@@ -13,6 +13,7 @@ import time
 import pytest
 import requests
 
+from service.config import TEMPLATES_OF_MODE
 from tests.cluster.conftest import wait_until
 from tests.conftest import running
 
@@ -129,6 +130,33 @@ def test_an_idle_session_goes_to_zero_but_not_during_a_slow_delivery(
                    what="no ready endpoint once idle")
 
 
+def test_keda_activates_a_session_through_the_push_scaler_within_a_second_of_the_chat(
+        make_api, make_worker, settings, kube, view, record_property):
+    """KEDA polls only every 20 s here, so a wake in under a second can only be the worker's
+    push scaler telling KEDA the moment the chat was admitted."""
+    settings = settings.replace(keda_polling_interval_seconds=20, keda_cooldown_period_seconds=2,
+                                keda_initial_cooldown_period_seconds=0)
+    api, worker = make_api(settings), make_worker(settings)
+    with running(worker):
+        session_id = api.create()
+        wait_status(api, session_id, {"running"}, timeout=90)
+        worker.store.clear_activity(session_id)  # idle now: KEDA takes it to 0 on its own
+        wait_until(lambda: kube.deployment_state(session_id).replicas == 0, timeout=90,
+                   what="KEDA scaling the idle session to 0")
+        admitted = time.monotonic()
+        code, body = api.chat(session_id, "wake up now", message_id="push-1")
+        assert code == 202, body
+        wait_until(lambda: kube.deployment_state(session_id).replicas == 1, timeout=30,
+                   interval=0.02, what="KEDA scaling the session to 1")
+        activation = time.monotonic() - admitted
+        record_property("push_activation_seconds", round(activation, 3))
+        print(f"push scaler: chat admitted -> KEDA scaled to 1 in {activation:.3f}s")
+        assert activation < 1.0, f"KEDA activated {activation:.2f}s after the chat"
+        assert view.events("KEDAScaleTargetActivated", since=int(time.time() - 60))
+        wait_until(lambda: delivered(api, session_id, "push-1"), timeout=90,
+                   what="the chat answered by the woken pod")
+
+
 def test_an_image_that_does_not_exist_fails_with_the_kubelets_reason(
         make_api, make_worker, settings):
     # A registry on loopback that is not there: a real pull failure, no traffic off the machine.
@@ -156,7 +184,10 @@ def test_keda_reads_redis_through_the_trigger_authentication(
     """The seed's fix, for real: KEDA reads the queue with the password from the
     `redis-credentials` Secret (the TriggerAuthentication). With a wrong password there the
     session does not wake, and KEDA's own condition on the ScaledObject says why; with the
-    right one back, KEDA wakes it and the waiting message is answered."""
+    right one back, KEDA wakes it and the waiting message is answered. (KEDA_SCALER=redis, the
+    alternative template set: KEDA's redis scaler polls the session's work set.)"""
+    settings = settings.replace(keda_scaler="redis",
+                                templates_dir=TEMPLATES_OF_MODE["redis"])
     api, worker = make_api(settings), make_worker(settings)
     with running(worker):
         session_id = api.create()
