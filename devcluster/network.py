@@ -30,7 +30,7 @@ POD_BRIDGE = "smpods0"
 NODE_IP = "10.213.0.1"
 NODE_CIDR = "10.213.0.0/24"
 POD_CIDR = "10.214.0.0/24"
-SERVICE_CIDR = "10.215.0.0/24"
+SERVICE_CIDR = "10.215.0.0/19"  # 8,190 Services: room for a thousand sessions and more
 # The first address of the service range is the `kubernetes` Service's ClusterIP.
 KUBERNETES_SERVICE_IP = "10.215.0.1"
 

@@ -19,10 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
 
+# gRPC's C core logs every refused TLS handshake at INFO otherwise (a client without our CA's
+# certificate is refused, which is the point, not news).
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import grpc
 
 from . import names
