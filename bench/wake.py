@@ -31,17 +31,12 @@ from service.kube import Kube, load_api_client
 from service.store import Store, keda_keys
 from service.worker import Worker
 
-from .harness import Context, wait_until
+from .harness import Context, percentile, wait_until
 from .report import Figure, Row, Target
 
 POLLING_SECONDS = 5
 API_KEY = "bench-wake-" + "k" * 16
 PUSH_WAKE_TARGET = 1.2  # x the bare scale-up
-
-
-def _p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -251,13 +246,13 @@ def wake(ctx: Context) -> Figure:
                 f"{k} {v[-1]:.2f}s" for k, v in samples.items()), flush=True)
         bare.to_zero()
         base = samples["bare"]
-        figure.rows.append(Row("bare scale 0->1 -> Ready", "s", base, p95s=[_p95(base)]))
+        figure.rows.append(Row("bare scale 0->1 -> Ready", "s", base, p95s=[percentile(base, 95)]))
         for mode, title, target in (
                 ("push", "chat -> reply, push scaler", Target("<=", PUSH_WAKE_TARGET, on="ratio")),
                 ("redis", "chat -> reply, redis triggers", None)):
             values = samples[mode]
             figure.rows.append(Row(
-                title, "s", values, p95s=[_p95(values)],
+                title, "s", values, p95s=[percentile(values, 95)],
                 ratios=[v / b for v, b in zip(values, base, strict=True)],
                 baseline="bare scale-up", target=target))
         figure.notes.append(
