@@ -4,9 +4,19 @@ The local development stack (`make run`) is `python -m devcluster`, outside the 
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
+    # The API serves under gevent (service.serve says why), whose patching of the standard
+    # library must come before anything imports ssl: urllib3 binds ssl's classes at import,
+    # and patched later its TLS contexts recurse forever (gevent issue 1016). So in the
+    # gunicorn master too, before the start-up checks import the clients.
+    from gevent import monkey
+
+    monkey.patch_all()
+
 import argparse
 import signal
-import sys
 import threading
 
 from .config import ConfigError, Settings

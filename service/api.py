@@ -6,6 +6,7 @@ one JSON log line with its id, route, status and duration.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -130,10 +131,11 @@ def create_app(settings: Settings, *, store: Store | None = None, kube: Kube | N
     def json_body() -> dict[str, Any]:
         if not request.is_json:
             raise UnsupportedMediaType()
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict):
-            raise InvalidField("The body must be a JSON object")
-        return data
+        raw = request.get_data(cache=False)  # 413 up front past MAX_BODY_BYTES by length
+        if request.content_length is None and len(raw) >= settings.max_body_bytes:
+            # A chunked body is cut at the limit, silently: reading on raises the 413.
+            request.stream.read(1)
+        return parse_json_object(raw)
 
     def session_route(route: str, session_id: str) -> dict[str, str] | None:
         """Check the id (404 before any I/O), the rate limit and the caller; returns the
@@ -253,6 +255,25 @@ def create_app(settings: Settings, *, store: Store | None = None, kube: Kube | N
         return jsonify({"status": "alive", "version": __version__}), 200
 
     return app
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or InvalidField: malformed, nested too deep for the
+    parser, not an object, or holding text that is not Unicode (an unpaired surrogate escape
+    such as "\\ud800" parses, but could never be stored or sent on)."""
+    try:
+        data = json.loads(raw)
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise InvalidField("The body is nested too deeply") from None
+    except UnicodeError:
+        raise InvalidField("The body holds text that is not valid UTF-8 "
+                           "(or an unpaired surrogate escape)") from None
+    except ValueError:
+        raise InvalidField("The body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidField("The body must be a JSON object")
+    return data
 
 
 class _CachedProbe:

@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
-from urllib.parse import quote
 
-from limits import parse as parse_rate_limit
+from . import envparse, names
+from .envparse import ConfigError
 
-from . import names
-
-T = TypeVar("T")
+__all__ = ["ConfigError", "Settings"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,10 +34,6 @@ DEFAULT_RATE_LIMITS = {
     "delete": "50/minute",
     "messages": "200/minute",
 }
-
-
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names the variable."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +88,13 @@ class Settings:
     reconcile_grace_seconds: int = 300
     worker_poll_interval_seconds: float = 0.5
     port: int = 8080
+    bind_address: str = "0.0.0.0"  # noqa: S104 - a pod serves on its own address
+    # gunicorn: worker processes (None: cores + 1, at most 4), connections each one holds at
+    # once (gevent: a waiting request costs a greenlet, not a thread), and how many of those
+    # may be chats forwarded straight to a pod; beyond that a chat is queued for the worker.
+    web_concurrency: int | None = None
+    web_connections: int = 1000
+    max_forwards: int = 200
 
     @property
     def activity_ttl_seconds(self) -> int:
@@ -109,10 +108,10 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        read = _Reader(env)
+        read = envparse.Reader(env)
         defaults = cls()
         values = dict(
-            redis_url=_redis_url(env),
+            redis_url=envparse.redis_url(env),
             redis_socket_timeout_seconds=read.number(
                 "REDIS_SOCKET_TIMEOUT_SECONDS", defaults.redis_socket_timeout_seconds, float,
                 minimum=0.05,
@@ -137,16 +136,18 @@ class Settings:
             ),
             namespace=read.checked("NAMESPACE", defaults.namespace, names.check_dns_label),
             templates_dir=read.checked(
-                "TEMPLATES_DIR", TEMPLATES_OF_MODE.get(env.get("KEDA_SCALER", "").strip().lower(),
-                                                       defaults.templates_dir), _existing_dir),
+                "TEMPLATES_DIR",
+                TEMPLATES_OF_MODE.get(env.get("KEDA_SCALER", "").strip().lower(),
+                                      defaults.templates_dir),
+                envparse.existing_dir),
             log_level=read.choice(
                 "LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
-            api_keys=read.checked("API_KEYS", (), _api_keys),
+            api_keys=read.checked("API_KEYS", (), envparse.api_keys),
             auth_disabled=read.flag("AUTH_DISABLED", False),
             rate_limits_enabled=read.flag("RATE_LIMITS_ENABLED", True),
             rate_limits={
-                route: read.checked(f"RATE_LIMIT_{route.upper()}", default, _rate_limit)
+                route: read.checked(f"RATE_LIMIT_{route.upper()}", default, envparse.rate_limit)
                 for route, default in DEFAULT_RATE_LIMITS.items()
             },
             trusted_proxies=read.number("TRUSTED_PROXIES", 0, minimum=0),
@@ -180,11 +181,11 @@ class Settings:
             keda_scaler=read.choice("KEDA_SCALER", defaults.keda_scaler,
                                     tuple(SCALER_MODES), upper=False),
             scaler_address=read.checked("SCALER_ADDRESS", defaults.scaler_address,
-                                        _host_and_port),
+                                        envparse.host_and_port),
             # 0: any free port (tests running several workers on one machine).
             scaler_port=read.number("SCALER_PORT", defaults.scaler_port, minimum=0,
                                     maximum=65535),
-            scaler_tls_dir=read.checked("SCALER_TLS_DIR", None, _tls_dir),
+            scaler_tls_dir=read.checked("SCALER_TLS_DIR", None, envparse.tls_dir),
             scaler_secret_name=read.checked(
                 "SCALER_SECRET_NAME", defaults.scaler_secret_name, names.check_dns_subdomain
             ),
@@ -192,7 +193,7 @@ class Settings:
                 "WORKER_HEALTH_PORT", defaults.worker_health_port, minimum=0, maximum=65535
             ),
             pod_url_template=read.checked(
-                "POD_URL_TEMPLATE", defaults.pod_url_template, _pod_url_template
+                "POD_URL_TEMPLATE", defaults.pod_url_template, envparse.pod_url_template
             ),
             pod_timeout_seconds=read.number(
                 "POD_TIMEOUT_SECONDS", defaults.pod_timeout_seconds, float, minimum=0.1
@@ -224,6 +225,12 @@ class Settings:
                 minimum=0.01,
             ),
             port=read.number("PORT", defaults.port, maximum=65535),
+            bind_address=read.checked("BIND_ADDRESS", defaults.bind_address,
+                                      envparse.bind_address),
+            web_concurrency=read.number("WEB_CONCURRENCY", None, maximum=64),
+            web_connections=read.number("WEB_CONNECTIONS", defaults.web_connections,
+                                        minimum=10),
+            max_forwards=read.number("MAX_FORWARDS", defaults.max_forwards, minimum=0),
         )
         settings = cls(**values)
         settings.check()
@@ -236,6 +243,19 @@ class Settings:
                 "DELIVERY_LEASE_SECONDS must be longer than POD_TIMEOUT_SECONDS "
                 f"({self.delivery_lease_seconds} <= {self.pod_timeout_seconds}): a delivery "
                 "still waiting on its pod must not be taken over by another worker"
+            )
+        if self.max_queued_messages >= self.max_messages_kept:
+            raise ConfigError(
+                "MAX_QUEUED_MESSAGES must be smaller than MAX_MESSAGES_KEPT "
+                f"({self.max_queued_messages} >= {self.max_messages_kept}): the conversation "
+                "is trimmed to MAX_MESSAGES_KEPT, so a full backlog would drop messages "
+                "already answered 202 before they are delivered"
+            )
+        if self.max_forwards >= self.web_connections:
+            raise ConfigError(
+                "MAX_FORWARDS must be smaller than WEB_CONNECTIONS "
+                f"({self.max_forwards} >= {self.web_connections}): chats waiting on pods "
+                "must leave connections for health probes and other routes"
             )
         if self.keda_cooldown_period_seconds >= self.idle_timeout_seconds:
             raise ConfigError(
@@ -256,129 +276,3 @@ class Settings:
         settings = dataclasses.replace(self, **changes)  # type: ignore[arg-type]
         settings.check()
         return settings
-
-
-class _Reader:
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
-
-    def _raw(self, name: str) -> str | None:
-        value = self.env.get(name)
-        return None if value is None or value.strip() == "" else value.strip()
-
-    def number(
-        self,
-        name: str,
-        default: T,
-        kind: Callable[[str], T] = int,  # type: ignore[assignment]
-        *,
-        minimum: float = 1,
-        maximum: float | None = None,
-    ) -> T:
-        raw = self._raw(name)
-        if raw is None:
-            return default
-        try:
-            value = kind(raw)
-        except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
-        if value < minimum or (maximum is not None and value > maximum):  # type: ignore[operator]
-            bounds = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-            raise ConfigError(f"{name}={raw!r} must be {bounds}")
-        return value
-
-    def flag(self, name: str, default: bool) -> bool:
-        raw = self._raw(name)
-        if raw is None:
-            return default
-        lowered = raw.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name}={raw!r} must be true or false")
-
-    def choice(self, name: str, default: str, allowed: tuple[str, ...], *,
-               upper: bool = True) -> str:
-        raw = self._raw(name)
-        if raw is None:
-            return default
-        value = raw.upper() if upper else raw.lower()
-        if value not in allowed:
-            raise ConfigError(f"{name}={raw!r} must be one of {', '.join(allowed)}")
-        return value
-
-    def checked(self, name: str, default: T, check: Callable[[str], T | None]) -> T:
-        raw = self._raw(name)
-        if raw is None:
-            return default
-        try:
-            result = check(raw)
-        except ValueError as err:
-            # Never echo API_KEYS back: it is a secret.
-            shown = "<hidden>" if name == "API_KEYS" else repr(raw)
-            raise ConfigError(f"{name}={shown}: {err}") from None
-        return raw if result is None else result  # type: ignore[return-value]
-
-
-def _redis_url(env: Mapping[str, str]) -> str:
-    if env.get("REDIS_URL", "").strip():
-        url = env["REDIS_URL"].strip()
-        if not re.match(r"^(redis|rediss|unix)://", url):
-            raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
-        return url
-    host = env.get("REDIS_HOST", "").strip() or "127.0.0.1"
-    port = env.get("REDIS_PORT", "").strip() or "6379"
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"REDIS_PORT={port!r} is not a port number")
-    password = env.get("REDIS_PASSWORD", "")
-    auth = f":{quote(password, safe='')}@" if password else ""
-    return f"redis://{auth}{host}:{port}/0"
-
-
-def _existing_dir(raw: str) -> Path:
-    path = Path(raw)
-    if not path.is_dir():
-        raise ValueError("not a directory")
-    return path
-
-
-def _tls_dir(raw: str) -> Path:
-    path = _existing_dir(raw)
-    missing = [f for f in ("tls.crt", "tls.key", "ca.crt") if not (path / f).is_file()]
-    if missing:
-        raise ValueError(f"missing {', '.join(missing)}")
-    return path
-
-
-def _host_and_port(raw: str) -> None:
-    host, _, port = raw.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("must be host:port")
-    names.check_hostname(host)
-
-
-def _api_keys(raw: str) -> tuple[str, ...]:
-    keys = tuple(key.strip() for key in raw.split(",") if key.strip())
-    if any(len(key) < 16 for key in keys):
-        raise ValueError("every key must be at least 16 characters")
-    return keys
-
-
-def _rate_limit(raw: str) -> None:
-    try:
-        parse_rate_limit(raw)
-    except ValueError:
-        raise ValueError("not a rate limit such as '100/minute'") from None
-
-
-def _pod_url_template(raw: str) -> None:
-    if not raw.startswith(("http://", "https://")):
-        raise ValueError("must start with http:// or https://")
-    try:
-        raw.format(name="n", namespace="ns", session_id="s", port=1, pod_ip="10.0.0.1")
-    except (KeyError, IndexError, ValueError) as err:
-        raise ValueError(
-            "placeholders may be {name}, {namespace}, {session_id}, {port}, {pod_ip} "
-            f"({err})"
-        ) from None

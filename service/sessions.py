@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +71,9 @@ class Sessions:
         self.store = store
         self.kube = kube
         self.pods = pods or PodClient(settings, address_of=store.pod_address)
+        # Chats waiting on pods in this process (MAX_FORWARDS); past it, the worker delivers.
+        self._forward_slots = threading.BoundedSemaphore(settings.max_forwards) \
+            if settings.max_forwards else None
 
     # -- lookup --------------------------------------------------------------------------
 
@@ -222,13 +226,20 @@ class Sessions:
         elif not isinstance(message_id, str) or not MESSAGE_ID_PATTERN.fullmatch(message_id):
             raise InvalidField("message_id must be 1 to 128 characters of A-Z a-z 0-9 . _ : -")
         now = iso(utc_now())
-        mode, info = self.store.admit_chat(
-            session_id, message_id=message_id,
-            message={"message_id": message_id, "message": message, "created_at": now},
-            max_queued=self.settings.max_queued_messages,
-            max_kept=self.settings.max_messages_kept, allow_forward=True,
-            lease_seconds=self.settings.delivery_lease_seconds,
-        )
+        slot = self._forward_slots is not None and self._forward_slots.acquire(blocking=False)
+        try:
+            mode, info = self.store.admit_chat(
+                session_id, message_id=message_id,
+                message={"message_id": message_id, "message": message, "created_at": now},
+                max_queued=self.settings.max_queued_messages,
+                max_kept=self.settings.max_messages_kept, allow_forward=slot,
+                lease_seconds=self.settings.delivery_lease_seconds,
+            )
+            if mode == "forward":
+                return self._forward(session_id, message, message_id, info)
+        finally:
+            if slot:
+                self._forward_slots.release()  # type: ignore[union-attr]
         if mode == "gone":
             raise SessionNotFound()
         if mode == "terminating":
@@ -238,13 +249,11 @@ class Sessions:
                 f"{info['backlog']} messages are waiting for this session; retry later",
                 limit=self.settings.max_queued_messages, retry_after_seconds=5)
         if mode == "duplicate":
-            return self._replay(session_id, message_id, info)
+            return self._replay(session_id, message, message_id, info)
         # Slept (flag) or asleep as the cluster says: the unpause is sent either way, so a
         # flag that drifted from the annotation cannot keep the session from waking.
         if mode == "queued" and (info["paused"] or info["status"] == "sleeping"):
             self._resume_for_chat(session_id)
-        if mode == "forward":
-            return self._forward(session_id, message, message_id, info)
         return self._queued(session_id, message_id)
 
     def _queued(self, session_id: str, message_id: str) -> Result:
@@ -272,12 +281,16 @@ class Sessions:
         return Result(200, {"uuid": session_id, "status": "processed", "message_id": message_id,
                             "pod_response": reply})
 
-    def _replay(self, session_id: str, message_id: str, info: dict) -> Result:
-        """The same message_id again: report what happened to it, deliver nothing twice."""
+    def _replay(self, session_id: str, message: str, message_id: str, info: dict) -> Result:
+        """The same message_id again: report what happened to it, deliver nothing twice.
+        With another text it is a different message under a reused id: 409, as a reused
+        Idempotency-Key is (the old reply would otherwise pass for this message's)."""
         seq = info["seq"]
         messages, _ = self.store.list_messages(session_id, after=seq - 1, limit=1,
                                                max_kept=self.settings.max_messages_kept)
         stored = messages[0] if messages else info.get("message", {})
+        if stored.get("message") not in (None, message):
+            raise Conflict("This message_id was used for a different message")
         if stored.get("state") == "delivered":
             return Result(200, {"uuid": session_id, "status": "processed",
                                 "message_id": message_id, "pod_response": stored.get("reply")})

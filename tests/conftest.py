@@ -250,6 +250,65 @@ def make_worker(kube: Kube, store: store_module.Store):
         worker.delivery_pool.shutdown(wait=True, cancel_futures=True)
 
 
+class ApiProcess:
+    """`python -m service serve` (gunicorn, as the image runs it) on a free loopback port."""
+
+    def __init__(self, settings: Settings, kubeconfig: Path, log_file: Path, **env: str) -> None:
+        self.port = local.free_port()
+        self.log_file = log_file
+        self.env = {
+            **os.environ, "REDIS_URL": settings.redis_url, "NAMESPACE": settings.namespace,
+            "KUBECONFIG": str(kubeconfig), "API_KEYS": API_KEY, "PORT": str(self.port),
+            "BIND_ADDRESS": "127.0.0.1", "POD_URL_TEMPLATE": settings.pod_url_template,
+            "WEB_CONCURRENCY": "1", "LOG_LEVEL": "WARNING", **env,
+        }
+        with open(log_file, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "service", "serve"],
+                                            env=self.env, cwd=REPO_ROOT, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        try:
+            wait_for(self._answers, timeout=30, interval=0.1, what="the API process")
+        except AssertionError:
+            self.stop()
+            raise AssertionError("the API did not start:\n"
+                                 + log_file.read_text()[-3000:]) from None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError("the API exited:\n" + self.log_file.read_text()[-3000:])
+        try:
+            return requests.get(f"{self.url}/livez", timeout=1).ok
+        except requests.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+@pytest.fixture
+def api_process(apiserver: local.KubeApiServer, tmp_path: Path):
+    started: list[ApiProcess] = []
+
+    def start(settings: Settings, **env: str) -> ApiProcess:
+        started.append(ApiProcess(settings, apiserver.kubeconfig,
+                                  tmp_path / f"api-{len(started)}.log", **env))
+        return started[-1]
+
+    yield start
+    for api in started:
+        api.stop()
+
+
 @contextlib.contextmanager
 def watching_status(worker: Worker) -> Iterator[None]:
     """Run the worker's real Deployment + Pod watch (the status tracker) for the block."""
@@ -278,5 +337,5 @@ def running(worker: Worker) -> Iterator[None]:
         assert not thread.is_alive(), "the worker did not stop"
 
 
-__all__ = ["API_KEY", "DemoAgent", "SessionApi", "mark_deployment_ready", "running",
+__all__ = ["API_KEY", "ApiProcess", "DemoAgent", "SessionApi", "mark_deployment_ready", "running",
            "store_module", "wait_for", "watching_status"]

@@ -266,6 +266,35 @@ def test_body_and_media_type_errors(client, store, settings):
     assert store.queue_length(sid) == 0
 
 
+def test_bodies_the_json_parser_chokes_on_are_400_and_store_nothing(client, store):
+    sid = create(client)["uuid"]
+    before = redis_keys_of(store, sid)
+    for raw in ('{"message": ' + "[" * 20000 + "]" * 20000 + "}",   # nested past recursion
+                '{"message": "half a pair \\ud800 of surrogates"}',  # parses, cannot be stored
+                b'{"message": "\xff\xfe not utf-8"}',
+                "[" * 20000):
+        response = client.post(f"/session/{sid}/chat", data=raw,
+                               content_type="application/json", headers=KEY)
+        assert_error(response, 400, "invalid_field")
+    assert redis_keys_of(store, sid) == before
+    assert client.get(f"/session/{sid}/messages", headers=KEY).get_json()["messages"] == []
+
+
+def test_a_message_id_reused_for_another_text_is_409_and_the_first_is_kept(client, store):
+    sid = create(client)["uuid"]
+    first = client.post(f"/session/{sid}/chat", json={"message": "one", "message_id": "m-1"},
+                        headers=KEY)
+    assert first.status_code == 202
+    again = client.post(f"/session/{sid}/chat", json={"message": "one", "message_id": "m-1"},
+                        headers=KEY)
+    assert (again.status_code, again.get_json()["status"]) == (202, "queued")  # a retry
+    assert_error(client.post(f"/session/{sid}/chat", json={"message": "two", "message_id": "m-1"},
+                             headers=KEY), 409, "conflict")
+    messages = client.get(f"/session/{sid}/messages", headers=KEY).get_json()["messages"]
+    assert [(m["message_id"], m["message"]) for m in messages] == [("m-1", "one")]
+    assert store.queue_length(sid) == 1
+
+
 def test_wrong_method_and_unknown_route_are_json(client):
     assert_error(client.get("/session/create", headers=KEY), 405, "method_not_allowed")
     assert_error(client.put(f"/session/{names.new_session_id()}/wake", headers=KEY), 405)
