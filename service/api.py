@@ -11,7 +11,6 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
@@ -35,12 +34,12 @@ from .kube import Kube
 from .metrics import StoreCollector
 from .pods import PodClient
 from .ratelimit import RateLimiter
+from .readiness import Readiness
 from .sessions import Result, Sessions, check_templates
-from .store import Store, iso, utc_now
+from .store import Store
 
 log = logging.getLogger("service.api")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_KUBE_HEALTH_CACHE_SECONDS = 5.0
 
 
 def create_app(settings: Settings, *, store: Store | None = None, kube: Kube | None = None,
@@ -233,22 +232,12 @@ def create_app(settings: Settings, *, store: Store | None = None, kube: Kube | N
             return Response(encoder(registry), status=200, content_type=content_type)
         return jsonify(sessions.figures()), 200
 
-    kube_health = _CachedProbe(kube.ping, _KUBE_HEALTH_CACHE_SECONDS)
+    readiness = Readiness(store, kube.ping)
 
     @app.get("/health")
     def health() -> tuple[Response, int]:
-        body: dict[str, Any] = {"status": "healthy", "version": __version__}
-        try:
-            store.ping()
-            body["redis"] = "healthy"
-        except SessionManagerError:
-            body["redis"] = "unhealthy"
-            body["status"] = "unhealthy"
-        body["kubernetes"] = "healthy" if kube_health() else "unhealthy"
-        if body["status"] == "healthy" and body["kubernetes"] != "healthy":
-            body["status"] = "degraded"  # still serves reads; creates will 503
-        body["timestamp"] = iso(utc_now())
-        return jsonify(body), (503 if body["status"] == "unhealthy" else 200)
+        body, status = readiness.report()
+        return jsonify(body), status
 
     @app.get("/livez")
     def livez() -> tuple[Response, int]:
@@ -274,24 +263,3 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidField("The body must be a JSON object")
     return data
-
-
-class _CachedProbe:
-    """Ask at most every `seconds`: readiness probes must not hammer the Kubernetes API."""
-
-    def __init__(self, probe: Callable[[], object], seconds: float) -> None:
-        self.probe = probe
-        self.seconds = seconds
-        self.checked_at = float("-inf")
-        self.ok = False
-
-    def __call__(self) -> bool:
-        now = time.monotonic()
-        if now - self.checked_at >= self.seconds:
-            try:
-                self.probe()
-                self.ok = True
-            except SessionManagerError:
-                self.ok = False
-            self.checked_at = now
-        return self.ok

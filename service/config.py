@@ -10,6 +10,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import envparse, names
 from .envparse import ConfigError
@@ -61,8 +62,14 @@ class Settings:
     keda_polling_interval_seconds: int = 5
     keda_cooldown_period_seconds: int = 30
     keda_initial_cooldown_period_seconds: int = 120
-    keda_redis_host: str = "redis.session-manager.svc.cluster.local"
+    # Redis as KEDA's redis scaler reaches it (KEDA_SCALER=redis): derived from REDIS_URL, so
+    # database, TLS and user cannot silently differ; KEDA_REDIS_HOST/PORT override only the
+    # address (where KEDA's network sees Redis elsewhere than the service does).
+    keda_redis_host: str = "127.0.0.1"
     keda_redis_port: int = 6379
+    keda_redis_database: int = 0
+    keda_redis_tls: bool = False
+    keda_redis_username: str = ""
     redis_secret_name: str = "redis-credentials"  # noqa: S105 - a Secret's name
     redis_secret_key: str = "password"  # noqa: S105 - a key inside that Secret
     keda_scaler: str = "push"
@@ -84,6 +91,7 @@ class Settings:
     delivery_max_attempts: int = 5
     delivery_backoff_seconds: float = 1.0
     delivery_lease_seconds: int = 60
+    delivery_concurrency: int = 32  # sessions one worker delivers to at once
     reconcile_interval_seconds: int = 30
     reconcile_grace_seconds: int = 300
     worker_poll_interval_seconds: float = 0.5
@@ -162,16 +170,7 @@ class Settings:
                 defaults.keda_initial_cooldown_period_seconds,
                 minimum=0,
             ),
-            keda_redis_host=read.checked(
-                "KEDA_REDIS_HOST", env.get("REDIS_HOST") or defaults.keda_redis_host,
-                names.check_hostname,
-            ),
-            keda_redis_port=read.number(
-                "KEDA_REDIS_PORT",
-                int(env["REDIS_PORT"]) if env.get("REDIS_PORT", "").isdigit()
-                else defaults.keda_redis_port,
-                maximum=65535,
-            ),
+            **_keda_redis(read, env),
             redis_secret_name=read.checked(
                 "REDIS_SECRET_NAME", defaults.redis_secret_name, names.check_dns_subdomain
             ),
@@ -213,6 +212,9 @@ class Settings:
             ),
             delivery_lease_seconds=read.number(
                 "DELIVERY_LEASE_SECONDS", defaults.delivery_lease_seconds
+            ),
+            delivery_concurrency=read.number(
+                "DELIVERY_CONCURRENCY", defaults.delivery_concurrency, maximum=1024
             ),
             reconcile_interval_seconds=read.number(
                 "RECONCILE_INTERVAL_SECONDS", defaults.reconcile_interval_seconds
@@ -276,3 +278,22 @@ class Settings:
         settings = dataclasses.replace(self, **changes)  # type: ignore[arg-type]
         settings.check()
         return settings
+
+
+def _keda_redis(read: envparse.Reader, env: Mapping[str, str]) -> dict[str, object]:
+    url = urlsplit(envparse.redis_url(env))
+    if url.scheme == "unix" and not env.get("KEDA_REDIS_HOST", "").strip() \
+            and env.get("KEDA_SCALER", "").strip().lower() == "redis":
+        raise ConfigError("REDIS_URL is a Unix socket, which KEDA cannot dial: set "
+                          "KEDA_REDIS_HOST (and KEDA_REDIS_PORT) to its TCP address")
+    database = url.path.strip("/") or parse_qs(url.query).get("db", ["0"])[0]
+    if url.scheme != "unix" and not database.isdigit():
+        raise ConfigError(f"REDIS_URL: database {database!r} is not a number")
+    return {
+        "keda_redis_host": read.checked("KEDA_REDIS_HOST", url.hostname or "127.0.0.1",
+                                        names.check_hostname),
+        "keda_redis_port": read.number("KEDA_REDIS_PORT", url.port or 6379, maximum=65535),
+        "keda_redis_database": int(database) if url.scheme != "unix" else 0,
+        "keda_redis_tls": url.scheme == "rediss",
+        "keda_redis_username": unquote(url.username or ""),
+    }

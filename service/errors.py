@@ -132,6 +132,20 @@ class RedisUnavailable(Unavailable):
     default_message = "Redis is unavailable"
 
 
+class RedisOutOfMemory(RedisUnavailable):
+    """Redis refuses writes at `maxmemory` (noeviction): nothing was written."""
+
+    code = "redis_out_of_memory"
+    default_message = "Redis is out of memory and refuses writes"
+
+
+class RedisReadOnly(RedisUnavailable):
+    """Redis answers as a read-only replica (a failover in progress, a misrouted URL)."""
+
+    code = "redis_read_only"
+    default_message = "Redis is read-only"
+
+
 class ClusterUnavailable(Unavailable):
     code = "kubernetes_unavailable"
     default_message = "The Kubernetes API is unavailable"
@@ -170,6 +184,32 @@ class KubeUnavailable(KubeError, ClusterUnavailable):
     status = 503
     code = "kubernetes_unavailable"
     default_message = "The Kubernetes API is unavailable"
+
+
+class KubeForbidden(KubeError, ClusterUnavailable):
+    """403: this service's credentials may not do this (RBAC short of what the code needs,
+    k8s-manifests/rbac.yaml). Not the caller's doing, and not fixed by the caller."""
+
+    status = 503
+    code = "kubernetes_forbidden"
+    default_message = "The Kubernetes API refused this service's credentials"
+
+
+class KubeConflict(KubeError, ClusterUnavailable):
+    """409: the cluster's object is in a state that refuses the write (being deleted, say):
+    transient, worth a retry."""
+
+    status = 503
+    code = "kubernetes_conflict"
+    default_message = "The Kubernetes API reported a conflict; retry"
+
+
+class ClusterNotReady(ClusterUnavailable):
+    """Create found no sessions namespace or no KEDA API in the cluster: an install step is
+    missing (not a 404: the caller asked for nothing that does not exist)."""
+
+    code = "kubernetes_not_ready"
+    default_message = "The cluster is missing the sessions namespace or KEDA"
 
 
 class BundleError(SessionManagerError):

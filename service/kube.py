@@ -28,7 +28,14 @@ from kubernetes.dynamic import exceptions as dynamic_errors
 
 from . import names
 from .bundle import Bundle, KindRef, label_selector, wave_of
-from .errors import KubeError, KubeNotFound, KubeRejected, KubeUnavailable
+from .errors import (
+    KubeConflict,
+    KubeError,
+    KubeForbidden,
+    KubeNotFound,
+    KubeRejected,
+    KubeUnavailable,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,6 +85,10 @@ class DeploymentState:
     current: bool = True
 
 
+LIST_PAGE_SIZE = 500
+METADATA_LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+
+
 def _translate(err: Exception, *, kind: str | None = None, name: str | None = None) -> KubeError:
     if isinstance(err, (dynamic_errors.DynamicApiError, ApiException)):
         status = getattr(err, "status", None)
@@ -89,6 +100,10 @@ def _translate(err: Exception, *, kind: str | None = None, name: str | None = No
         # body does not match the schema; later versions say 422. Either way: a bad object.
         if status in (400, 422) or (status == 500 and "typed patch object" in reason):
             return KubeRejected(message, api_status=status, kind=kind, name=name)
+        if status == 403:
+            return KubeForbidden(message, api_status=status, kind=kind, name=name)
+        if status == 409:
+            return KubeConflict(message, api_status=status, kind=kind, name=name)
         if status in (429, 500, 502, 503, 504):
             return KubeUnavailable(message, api_status=status, kind=kind, name=name)
         return KubeError(message, api_status=status, kind=kind, name=name)
@@ -262,16 +277,30 @@ class Kube:
                    kind=kind.kind, name=name)
 
     def list_objects(self, kind: KindRef, selector: str) -> list[dict[str, Any]]:
+        return [obj for page in self.list_pages(kind, selector) for obj in page]
+
+    def list_pages(self, kind: KindRef, selector: str, *, metadata_only: bool = False,
+                   page_size: int = LIST_PAGE_SIZE) -> Iterator[list[dict[str, Any]]]:
+        """The objects of a kind, a page (`limit` + `continue`) at a time, so neither side
+        holds thousands of sessions' objects in one answer. metadata_only asks the API
+        server for PartialObjectMetadata: names, labels, annotations and timestamps."""
         try:
             resource = self._resource(kind)
         except KubeNotFound:
-            return []
-        listing = self._call(
-            lambda: resource.get(namespace=self.namespace, label_selector=selector,
-                                 _request_timeout=self.timeout),
-            kind=kind.kind,
-        )
-        return [item.to_dict() for item in listing.items]
+            return
+        headers = {"Accept": METADATA_LIST_ACCEPT} if metadata_only else {}
+        token: str | None = None
+        while True:
+            listing = self._call(
+                lambda token=token: resource.get(
+                    namespace=self.namespace, label_selector=selector, limit=page_size,
+                    _continue=token, header_params=headers, _request_timeout=self.timeout),
+                kind=kind.kind,
+            )
+            yield [item.to_dict() for item in listing.items or []]
+            token = getattr(listing.metadata, "continue", None)
+            if not token:
+                return
 
     # -- status and KEDA pause -----------------------------------------------------------
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import math
 import time
 
-import redis
 from limits import RateLimitItem, parse
 from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
-from .errors import RateLimited, RedisUnavailable
+from .errors import RateLimited
+from .store import UNAVAILABLE, unavailable
 
 
 def limits_uri(redis_url: str) -> str:
@@ -46,8 +46,8 @@ class RateLimiter:
             if self._limiter.hit(item, route, client_ip):
                 return
             stats = self._limiter.get_window_stats(item, route, client_ip)
-        except (redis.ConnectionError, redis.TimeoutError) as err:
-            raise RedisUnavailable(f"Redis is unavailable ({type(err).__name__})") from err
+        except UNAVAILABLE as err:
+            raise unavailable(err) from err
         retry_after = math.ceil(stats.reset_time - time.time())
         raise RateLimited(
             f"Rate limit of {item} exceeded for this client; retry in {max(retry_after, 1)}s",

@@ -7,6 +7,11 @@ interrupted are finished; (4) a paused flag that drifted from the ScaledObject's
 annotation (a crash or a Redis error between the two writes of a sleep or a wake) is set back
 to what the cluster does — the annotation is always written first. The figures are returned
 and logged.
+
+At scale: cluster lists are paged and metadata-only, records are read a page at a time in one
+round trip, and every expired record is reaped in the pass however many there are. A session
+whose sweep fails is counted and skipped; only an API server that fails several sessions in a
+row (it is down, not refusing one) ends the pass early.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from datetime import datetime
 from typing import Any
 
 from . import bundle
-from .bundle import KindRef
 from .config import Settings
 from .errors import KubeError, KubeUnavailable, SessionManagerError
 from .kube import DEPLOYMENT_KIND, PAUSE_KIND, PAUSED_REPLICAS_ANNOTATION, Kube
@@ -28,6 +32,10 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 BUNDLE_MISSING = "BundleMissing"
+PAGE_SIZE = 500
+# Unreachable-API failures in a row after which the pass stops: the server is down, and
+# trying every other session would only add a timeout each.
+UNAVAILABLE_IN_A_ROW = 3
 
 
 class Reconciler:
@@ -40,6 +48,7 @@ class Reconciler:
         figures = {"expired_swept": 0, "orphans_swept": 0, "records_failed": 0,
                    "deletes_finished": 0, "pauses_repaired": 0, "errors": 0}
         self._paused: dict[str, bool] = {}
+        self._unavailable_in_a_row = 0
         kinds = template_kinds(self.settings)
         try:
             self._sweep_expired(kinds, figures)
@@ -55,40 +64,58 @@ class Reconciler:
 
     def _sweep(self, session_id: str, kinds: list[bundle.KindRef],
                figures: dict[str, int]) -> bool:
-        """Label-sweep one session. A refusal about this session (403, 409...) is counted and
-        skipped so it cannot block every other session; an unreachable API stops the pass."""
+        """Label-sweep one session. A failure is counted and the session skipped (the next
+        pass retries it), so one session cannot block every other; several unreachable-API
+        failures in a row stop the pass."""
         try:
             self.kube.delete(session_id, kinds)
-        except KubeUnavailable:
-            raise
         except KubeError as err:
             figures["errors"] += 1
             log.warning("could not sweep the session's objects: %s", err.message,
                         extra={"session_id": session_id})
+            if isinstance(err, KubeUnavailable):
+                self._unavailable_in_a_row += 1
+                if self._unavailable_in_a_row >= UNAVAILABLE_IN_A_ROW:
+                    raise
             return False
+        self._unavailable_in_a_row = 0
         return True
 
     def _sweep_expired(self, kinds: list[bundle.KindRef], figures: dict[str, int]) -> None:
-        for session_id in self.store.expired_ids(now=time.time()):
-            if self._sweep(session_id, kinds, figures):
-                self.store.delete_session(session_id)
-                figures["expired_swept"] += 1
+        now = time.time()
+        offset = 0  # past the entries this pass could not reap (they stay in the index)
+        while True:
+            expired, scanned = self.store.expired_page(now=now, offset=offset,
+                                                       limit=PAGE_SIZE)
+            if not scanned:
+                return
+            reaped = 0
+            for session_id in expired:
+                if self._sweep(session_id, kinds, figures):
+                    self.store.delete_session(session_id)
+                    figures["expired_swept"] += 1
+                    reaped += 1
+            offset += scanned - reaped
 
     def _live_bundles(self, kinds: list[bundle.KindRef]) -> dict[str, float]:
         """Session id -> oldest creation time (epoch s) of any of its objects."""
         live: dict[str, float] = {}
         for kind in kinds:
-            for obj in self.kube.list_objects(kind, bundle.label_selector()):
-                session_id = session_of(obj)
-                if session_id is None or obj["metadata"].get("deletionTimestamp"):
-                    continue  # not ours, or already being deleted (e.g. waiting on KEDA)
-                created = _epoch(obj["metadata"].get("creationTimestamp"))
-                live[session_id] = min(created, live.get(session_id, created))
-                if KindRef.of(obj) == PAUSE_KIND:
-                    annotations = obj["metadata"].get("annotations") or {}
-                    self._paused[session_id] = (
-                        annotations.get(PAUSED_REPLICAS_ANNOTATION) == "0")
+            for page in self.kube.list_pages(kind, bundle.label_selector(), metadata_only=True,
+                                             page_size=PAGE_SIZE):
+                for obj in page:
+                    self._note_live(obj, live, pause_kind=kind == PAUSE_KIND)
         return live
+
+    def _note_live(self, obj: dict, live: dict[str, float], *, pause_kind: bool) -> None:
+        session_id = session_of(obj)
+        if session_id is None or obj["metadata"].get("deletionTimestamp"):
+            return  # not ours, or already being deleted (e.g. waiting on KEDA)
+        created = _epoch(obj["metadata"].get("creationTimestamp"))
+        live[session_id] = min(created, live.get(session_id, created))
+        if pause_kind:  # metadata-only objects do not say their kind: the listing does
+            annotations = obj["metadata"].get("annotations") or {}
+            self._paused[session_id] = annotations.get(PAUSED_REPLICAS_ANNOTATION) == "0"
 
     def _sweep_orphans(self, live: dict[str, float], kinds: list[bundle.KindRef],
                        figures: dict[str, int]) -> None:
@@ -103,28 +130,31 @@ class Reconciler:
 
     def _check_records(self, live: dict[str, float], kinds: list[bundle.KindRef],
                        figures: dict[str, int]) -> None:
-        deployments = {session_of(obj) for obj in self.kube.list_objects(
-            DEPLOYMENT_KIND, bundle.label_selector())}
+        deployments = {session_of(obj) for page in self.kube.list_pages(
+            DEPLOYMENT_KIND, bundle.label_selector(), metadata_only=True, page_size=PAGE_SIZE)
+            for obj in page}
         cutoff = time.time() - self.settings.reconcile_grace_seconds
-        for session_id in self.store.iter_ids():
-            record = self.store.get_session(session_id)
-            if record is None or _epoch(record["created_at"]) > cutoff:
-                continue
-            if record["status"] == "terminating":
-                if self._sweep(session_id, kinds, figures):  # a delete that died half-way
-                    self.store.delete_session(session_id)
-                    figures["deletes_finished"] += 1
-            elif session_id not in deployments and record["status"] != "failed":
-                self.store.set_status(session_id, "failed", reason=BUNDLE_MISSING)
-                figures["records_failed"] += 1
-            elif (paused := self._paused.get(session_id)) is not None \
-                    and paused != (record.get("paused") == "1") \
-                    and self._still_drifted(session_id, paused):
-                log.info("pause flag drifted from the cluster; repaired",
-                         extra={"session_id": session_id, "paused": paused})
-                self.store.set_paused(session_id, paused)
-                figures["pauses_repaired"] += 1
+        for ids in self.store.iter_id_pages(batch=PAGE_SIZE):
+            for session_id, record in self.store.get_sessions(ids).items():
+                if _epoch(record["created_at"]) <= cutoff:
+                    self._check_record(session_id, record, deployments, kinds, figures)
 
+    def _check_record(self, session_id: str, record: dict[str, str], deployments: set,
+                      kinds: list[bundle.KindRef], figures: dict[str, int]) -> None:
+        if record["status"] == "terminating":
+            if self._sweep(session_id, kinds, figures):  # a delete that died half-way
+                self.store.delete_session(session_id)
+                figures["deletes_finished"] += 1
+        elif session_id not in deployments and record["status"] != "failed":
+            self.store.set_status(session_id, "failed", reason=BUNDLE_MISSING)
+            figures["records_failed"] += 1
+        elif (paused := self._paused.get(session_id)) is not None \
+                and paused != (record.get("paused") == "1") \
+                and self._still_drifted(session_id, paused):
+            log.info("pause flag drifted from the cluster; repaired",
+                     extra={"session_id": session_id, "paused": paused})
+            self.store.set_paused(session_id, paused)
+            figures["pauses_repaired"] += 1
 
     def _still_drifted(self, session_id: str, listed_paused: bool) -> bool:
         """The listing is from the start of the pass: a sleep or wake since then is not drift.
@@ -132,10 +162,8 @@ class Reconciler:
         first, so a flag that disagrees with a fresh read is one that lags)."""
         try:
             paused = self.kube.is_paused(session_id)
-        except KubeUnavailable:
-            raise
         except KubeError:
-            return False
+            return False  # judged again next pass
         record = self.store.get_session(session_id)
         return (paused == listed_paused and record is not None
                 and (record.get("paused") == "1") != paused)

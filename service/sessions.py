@@ -19,9 +19,11 @@ from . import bundle, names
 from .config import Settings
 from .errors import (
     BacklogFull,
+    ClusterNotReady,
     Conflict,
     InvalidField,
     KubeError,
+    KubeNotFound,
     PayloadTooLarge,
     SessionNotFound,
     Unavailable,
@@ -118,6 +120,11 @@ class Sessions:
         rendered = self.render(session_id)
         try:
             self.kube.apply(rendered)  # sweeps what it applied if it fails part-way
+        except KubeNotFound as err:
+            self.store.release_id(session_id)
+            raise ClusterNotReady(
+                f"Cannot create the session's objects ({err.message}): is the namespace "
+                f"{self.settings.namespace!r} there and KEDA installed?") from err
         except BaseException:
             self.store.release_id(session_id)
             raise

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from . import names
-from .errors import RedisUnavailable
+from .errors import RedisOutOfMemory, RedisReadOnly, RedisUnavailable
 
 STATUSES = ("created", "waking", "running", "sleeping", "failed", "terminating")
 ACTIVE_STATUSES = ("created", "waking", "running")
@@ -32,6 +32,9 @@ EXPIRY_INDEX = _P + "exp"  # score = when the record expires (epoch s); the reap
 PENDING_INDEX = _P + "pending"  # sessions with undelivered messages; score = due (epoch ms)
 CREATED_SEQ = _P + "seq"
 STATS = _P + "stats"  # message counters for /metrics
+# Worker id -> JSON {"at": epoch s, "stalled": [loop, ...]}: what /health reads of the workers.
+WORKER_REPORTS = _P + "workers"
+_WORKER_REPORT_KEPT_SECONDS = 3600  # a report older than this is a replica long gone
 # Pub/sub channel: a session id is published when it gets work (a chat, a wake), so the push
 # scaler can tell KEDA at once. Best effort by nature; KEDA's polling IsActive backs it up.
 WORK_CHANNEL = _P + "work"
@@ -40,8 +43,11 @@ ACTIVE_MEMBER = "active"  # the work set's "recently active" member
 LISTED_FIELDS = ("user_id", "status", "created_at", "last_activity")
 
 _LUA = Path(__file__).resolve().parent / "lua"
-# Errors that mean "Redis cannot be reached now" (503); any other RedisError is a bug (500).
-UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError)
+# Errors that mean "Redis cannot take this now" (503): unreachable, or refusing writes at
+# maxmemory or as a read-only replica. Any other RedisError is a bug (500). A script refused
+# for memory wrote nothing: Redis decides at its start, and refuses its first write.
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError,
+               redis.exceptions.ReadOnlyError)
 
 
 def record_key(session_id: str) -> str:
@@ -139,13 +145,32 @@ class Store:
         try:
             return self._scripts[script](keys=keys, args=args)
         except UNAVAILABLE as err:
-            raise _unavailable(err) from err
+            raise unavailable(err) from err
 
     def ping(self) -> None:
         try:
             self.redis.ping()
         except UNAVAILABLE as err:
-            raise _unavailable(err) from err
+            raise unavailable(err) from err
+
+    def memory(self) -> tuple[int, int]:
+        """(used_memory, maxmemory) in bytes; maxmemory 0 means no limit."""
+        info = self._call(self.redis.info, "memory")
+        return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+
+    def report_worker(self, worker_id: str, stalled: list[str]) -> None:
+        self._call(self.redis.hset, WORKER_REPORTS, worker_id,
+                   json.dumps({"at": time.time(), "stalled": stalled}))
+
+    def worker_reports(self) -> dict[str, dict]:
+        """Every worker's last report; reports of replicas long gone are dropped on the way."""
+        raw = self._call(self.redis.hgetall, WORKER_REPORTS)
+        reports = {worker: json.loads(value) for worker, value in raw.items()}
+        gone = [worker for worker, report in reports.items()
+                if report["at"] < time.time() - _WORKER_REPORT_KEPT_SECONDS]
+        if gone:
+            self._call(self.redis.hdel, WORKER_REPORTS, *gone)
+        return {worker: report for worker, report in reports.items() if worker not in gone}
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -160,7 +185,7 @@ class Store:
                 if self.redis.set(_reservation_key(session_id), "1", nx=True, ex=seconds):
                     return session_id
             except UNAVAILABLE as err:
-                raise _unavailable(err) from err
+                raise unavailable(err) from err
         raise RuntimeError("could not allocate a unique session id")
 
     def release_id(self, session_id: str) -> None:
@@ -236,7 +261,7 @@ class Store:
                 pipe.hmget(record_key(session_id), ("status", "paused"))
             found = pipe.execute()
         except UNAVAILABLE as err:
-            raise _unavailable(err) from err
+            raise unavailable(err) from err
         work = {}
         for index, session_id in enumerate(session_ids):
             size, (status, paused) = found[2 * index], found[2 * index + 1]
@@ -260,7 +285,7 @@ class Store:
                 if message and message.get("type") == "message":
                     yield _decode(message["data"])
         except UNAVAILABLE as err:
-            raise _unavailable(err) from err
+            raise unavailable(err) from err
         finally:
             with contextlib.suppress(*UNAVAILABLE):
                 pubsub.close()
@@ -288,7 +313,7 @@ class Store:
                 pipe.hmget(record_key(session_id), LISTED_FIELDS)
             rows = pipe.execute()
         except UNAVAILABLE as err:
-            raise _unavailable(err) from err
+            raise unavailable(err) from err
         # Records that expired but are not reaped yet are skipped, not shown half-empty.
         sessions = [(sid, dict(zip(LISTED_FIELDS, row, strict=True)))
                     for (sid, _), row in zip(page, rows, strict=True) if row[0] is not None]
@@ -305,18 +330,39 @@ class Store:
             pipe.hgetall(STATS)
             total, *by_status, pending, stats = pipe.execute()
         except UNAVAILABLE as err:
-            raise _unavailable(err) from err
+            raise unavailable(err) from err
         counts = {"total": total, "sessions_with_pending_messages": pending}
         counts.update(dict(zip(STATUSES, by_status, strict=True)))
         for name in ("queued", "delivered", "failed", "forwarded"):
             counts[f"messages_{name}"] = int(stats.get(name, 0))
         return counts
 
-    def expired_ids(self, *, now: float, limit: int = 100) -> list[str]:
-        """Ids whose record TTL has passed (the record is gone, the index entry is not)."""
-        ids = self._call(self.redis.zrangebyscore, EXPIRY_INDEX, "-inf", int(now),
-                         start=0, num=limit)
-        return [sid for sid in ids if not self._call(self.redis.exists, record_key(sid))]
+    def expired_page(self, *, now: float, offset: int, limit: int) -> tuple[list[str], int]:
+        """(ids whose record TTL has passed, entries scanned): the `limit` expiry-index
+        entries due by `now` from `offset` on, those whose record is gone. Reaping removes
+        entries, so a caller pages by advancing `offset` past what it could not reap."""
+        due = self._call(self.redis.zrangebyscore, EXPIRY_INDEX, "-inf", int(now),
+                         start=offset, num=limit)
+        if not due:
+            return [], 0
+        exists = self._pipelined([("exists", record_key(sid)) for sid in due])
+        return [sid for sid, found in zip(due, exists, strict=True) if not found], len(due)
+
+    def get_sessions(self, ids: list[str]) -> dict[str, dict[str, str]]:
+        """Records of these ids in one round trip; an id without a record is left out."""
+        records = self._pipelined([("hgetall", record_key(sid)) for sid in ids])
+        return {sid: record for sid, record in zip(ids, records, strict=True) if record}
+
+    def _pipelined(self, calls: list[tuple[str, str]]) -> list[Any]:
+        if not calls:
+            return []
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for command, key in calls:
+                getattr(pipe, command)(key)
+            return pipe.execute()
+        except UNAVAILABLE as err:
+            raise unavailable(err) from err
 
     def known_ids(self, ids: list[str]) -> set[str]:
         """Which of these ids have a record or a create in progress."""
@@ -328,14 +374,15 @@ class Store:
                 pipe.exists(record_key(sid), _reservation_key(sid))
             found = pipe.execute()
         except UNAVAILABLE as err:
-            raise _unavailable(err) from err
+            raise unavailable(err) from err
         return {sid for sid, n in zip(ids, found, strict=True) if n}
 
-    def iter_ids(self, *, batch: int = 500) -> Iterator[str]:
+    def iter_id_pages(self, *, batch: int = 500) -> Iterator[list[str]]:
         cursor = None
         while True:
             page, cursor = self.list_ids_page(cursor, batch)
-            yield from page
+            if page:
+                yield page
             if cursor is None:
                 return
 
@@ -357,7 +404,7 @@ class Store:
                 return None
             stored = self.redis.get(key)
         except UNAVAILABLE as err:
-            raise _unavailable(err) from err
+            raise unavailable(err) from err
         if stored is None or stored == "pending":
             return False
         return json.loads(stored)
@@ -445,7 +492,7 @@ class Store:
             pipe.llen(_inflight_key(session_id))
             queued, inflight = pipe.execute()
         except UNAVAILABLE as err:
-            raise _unavailable(err) from err
+            raise unavailable(err) from err
         return int(queued) + int(inflight)
 
     def list_messages(self, session_id: str, *, after: int, limit: int,
@@ -480,7 +527,7 @@ class Store:
                 return True
             return False
         except UNAVAILABLE as err:
-            raise _unavailable(err) from err
+            raise unavailable(err) from err
 
     def release_lease(self, name: str, holder: str) -> None:
         """Give a named lease up, if `holder` still has it."""
@@ -490,13 +537,18 @@ class Store:
         try:
             return fn(*args, **kwargs)
         except UNAVAILABLE as err:
-            raise _unavailable(err) from err
+            raise unavailable(err) from err
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _unavailable(err: Exception) -> RedisUnavailable:
-    # The client's message can carry the URL; keep only the error's type.
+def unavailable(err: Exception) -> RedisUnavailable:
+    """The 503 for one of UNAVAILABLE. The client's message can carry the URL: only the
+    error's type is kept."""
+    if isinstance(err, redis.exceptions.OutOfMemoryError):
+        return RedisOutOfMemory()
+    if isinstance(err, redis.exceptions.ReadOnlyError):
+        return RedisReadOnly()
     return RedisUnavailable(f"Redis is unavailable ({type(err).__name__})")

@@ -34,13 +34,14 @@ log = logging.getLogger(__name__)
 
 LEADER_LEASE_SECONDS = 15
 MAX_BACKOFF_SECONDS = 60.0
+REPORT_INTERVAL_SECONDS = 5.0  # how often a worker tells /health it is alive
 WATCH_TIMEOUT_SECONDS = 2  # a watch request ends this often: how soon a term notices its end
 
 
 class Worker:
     def __init__(self, settings: Settings, store: Store, kube: Kube,
                  pods: PodClient | None = None, *, worker_id: str | None = None,
-                 delivery_threads: int = 8,
+                 delivery_threads: int | None = None,
                  watch_timeout_seconds: int = WATCH_TIMEOUT_SECONDS) -> None:
         self.settings = settings
         self.store = store
@@ -48,7 +49,9 @@ class Worker:
         self.pods = pods or PodClient(settings, address_of=store.pod_address)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.watch_timeout_seconds = watch_timeout_seconds
-        self.delivery_pool = ThreadPoolExecutor(delivery_threads, thread_name_prefix="deliver")
+        # One thread per session being drained (a delivery waits on its agent).
+        self.delivery_pool = ThreadPoolExecutor(
+            delivery_threads or settings.delivery_concurrency, thread_name_prefix="deliver")
         self._draining: set[str] = set()
         self._draining_lock = threading.Lock()
         self.tracker = StatusTracker(store)
@@ -248,10 +251,15 @@ class Worker:
         ]
         for thread in leaders:
             thread.start()
+        reported_at = float("-inf")
         while not stop.is_set():
             self.heartbeats.beat("delivery")
             try:
                 self.deliver_due()
+                if time.monotonic() - reported_at >= REPORT_INTERVAL_SECONDS:
+                    # What the API's /health tells of the workers (stalled loops included).
+                    self.store.report_worker(self.worker_id, sorted(self.heartbeats.stalled()))
+                    reported_at = time.monotonic()
             except SessionManagerError as err:
                 log.warning("delivery loop: %s", err.message)
             stop.wait(self.settings.worker_poll_interval_seconds)

@@ -295,6 +295,42 @@ def test_a_message_id_reused_for_another_text_is_409_and_the_first_is_kept(clien
     assert store.queue_length(sid) == 1
 
 
+def test_create_without_the_sessions_namespace_is_503_not_ready_and_stores_nothing(
+        settings, store, apiserver):
+    from service.kube import Kube, load_api_client
+
+    kube = Kube(load_api_client(str(apiserver.kubeconfig)), "no-such-namespace")
+    try:
+        client = create_app(settings.replace(namespace="no-such-namespace"), store=store,
+                            kube=kube).test_client()
+        assert_error(client.post("/session/create", json={"user_id": "u"}, headers=KEY), 503,
+                     "kubernetes_not_ready")
+    finally:
+        kube.close()
+    assert store.counts()["total"] == 0 and not store.redis.keys("sm:s:*")
+
+
+def test_rbac_short_of_what_the_code_needs_is_503_forbidden_not_500(settings, store,
+                                                                    apiserver, kube):
+    """The API server's real 403: the same client, impersonating a user with no Role."""
+    from service.kube import Kube, load_api_client
+
+    sid = create(create_app(settings, store=store, kube=kube).test_client())["uuid"]
+    denied = Kube(load_api_client(str(apiserver.kubeconfig)), settings.namespace)
+    denied.api_client.set_default_header("Impersonate-User", "no-rbac-at-all")
+    try:
+        client = create_app(settings, store=store, kube=denied).test_client()
+        assert_error(client.post("/session/create", json={"user_id": "u"}, headers=KEY), 503,
+                     "kubernetes_forbidden")
+        assert_error(client.post(f"/session/{sid}/sleep", headers=KEY), 503,
+                     "kubernetes_forbidden")
+        assert_error(client.delete(f"/session/{sid}", headers=KEY), 503, "kubernetes_forbidden")
+    finally:
+        denied.close()
+    assert store.counts()["total"] == 1  # only the first session; the refused create left none
+    assert session_objects(kube, sid)  # and the refused delete took nothing away
+
+
 def test_wrong_method_and_unknown_route_are_json(client):
     assert_error(client.get("/session/create", headers=KEY), 405, "method_not_allowed")
     assert_error(client.put(f"/session/{names.new_session_id()}/wake", headers=KEY), 405)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from service import bundle, names, store
-from service.config import REPO_ROOT, Settings
+from service.config import REPO_ROOT, ConfigError, Settings
 from service.errors import BundleError
 
 SESSION = "s" + "abcdefgh234567ab"
@@ -119,6 +119,33 @@ def test_redis_trigger_set_wakes_on_one_message_of_work_with_one_trigger(setting
         "metadata"]["name"]
     # The workload is the push set's own (the files are links, not copies).
     assert rendered["Deployment"] == by_kind(render(settings))["Deployment"]
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"REDIS_URL": "rediss://bob:pw@redis.example:6380/2"},
+     {"host": "redis.example", "port": "6380", "databaseIndex": "2", "enableTLS": "true",
+      "username": "bob"}),
+    ({"REDIS_URL": "redis://redis.example/3", "KEDA_REDIS_HOST": "redis.in-cluster",
+      "KEDA_REDIS_PORT": "7000"},
+     {"host": "redis.in-cluster", "port": "7000", "databaseIndex": "3"}),
+    ({"REDIS_HOST": "redis.x", "REDIS_PORT": "6390"},
+     {"host": "redis.x", "port": "6390", "databaseIndex": "0"}),
+])
+def test_keda_reads_the_redis_the_service_uses(env, expected):
+    """Database, TLS and user come from the one Redis setting: KEDA cannot poll db 0 of
+    another host while the service writes db 2."""
+    settings = Settings.from_env({**env, "KEDA_SCALER": "redis"})
+    metadata = by_kind(render(settings))["ScaledObject"]["spec"]["triggers"][0]["metadata"]
+    assert {k: v for k, v in metadata.items() if k in (
+        "host", "port", "databaseIndex", "enableTLS", "username")} == expected
+
+
+def test_a_unix_socket_redis_needs_an_address_for_keda():
+    with pytest.raises(ConfigError, match="KEDA_REDIS_HOST"):
+        Settings.from_env({"REDIS_URL": "unix:///run/redis.sock", "KEDA_SCALER": "redis"})
+    settings = Settings.from_env({"REDIS_URL": "unix:///run/redis.sock", "KEDA_SCALER": "redis",
+                                  "KEDA_REDIS_HOST": "redis.svc"})
+    assert settings.keda_redis_host == "redis.svc"
 
 
 def test_trigger_authentication_reads_the_redis_secret(settings):

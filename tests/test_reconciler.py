@@ -1,0 +1,75 @@
+"""The reconciler at scale, against real Redis and the real API server: paged metadata-only
+lists, every expired record reaped in one pass, an unreachable API server ending the pass
+after a few failures instead of a timeout per session."""
+
+from __future__ import annotations
+
+import time
+
+from kubernetes import client as k8s
+
+from service import bundle, names, reconciler
+from service.kube import Kube
+from service.reconciler import Reconciler
+from service.store import utc_now
+
+from .conftest import store_module, wait_for
+
+EXPIRED = 150  # past the 100 a pass used to reap
+
+
+def short_lived_store(settings) -> store_module.Store:
+    """Records written through this one expire after a second."""
+    return store_module.Store.from_url(settings.redis_url, socket_timeout_seconds=2,
+                                       session_ttl_seconds=1, activity_ttl_seconds=1)
+
+
+def test_one_pass_reaps_every_expired_record_and_pages_through_the_cluster(
+        settings, store, kube, monkeypatch):
+    monkeypatch.setattr(reconciler, "PAGE_SIZE", 7)  # many pages of everything
+    settings = settings.replace(reconcile_grace_seconds=0)
+    short = short_lived_store(settings)
+    expired = [names.new_session_id() for _ in range(EXPIRED)]
+    for session_id in expired:
+        short.create_session(session_id, user_id="u", token_hash="h", now=utc_now())
+    short.redis.close()
+    # Orphans (bundles without records) over several pages of each kind's list.
+    orphans = [names.new_session_id() for _ in range(10)]
+    for session_id in orphans:
+        kube.apply(bundle.render(session_id, settings, store_module.keda_keys(session_id)))
+    wait_for(lambda: not any(store.redis.exists(store_module.record_key(s)) for s in expired),
+             timeout=10, what="the records to expire")
+
+    figures = Reconciler(settings, store, kube).run_once()
+
+    assert (figures["expired_swept"], figures["orphans_swept"], figures["errors"]) == \
+        (EXPIRED, len(orphans), 0)
+    assert store.expired_page(now=time.time(), offset=0, limit=1000) == ([], 0)
+    assert store.counts()["total"] == 0
+    sample = names.new_session_id()
+    kinds = bundle.render(sample, settings, store_module.keda_keys(sample)).kinds()
+    left = [obj for kind in kinds for obj in kube.list_objects(kind, bundle.label_selector())
+            if not obj["metadata"].get("deletionTimestamp")]
+    assert left == []
+
+
+def test_an_unreachable_api_server_ends_the_pass_after_a_few_sessions(settings, store):
+    short = short_lived_store(settings)
+    for _ in range(20):
+        short.create_session(names.new_session_id(), user_id="u", token_hash="h",
+                             now=utc_now())
+    short.redis.close()
+    time.sleep(1.5)
+    configuration = k8s.Configuration()
+    configuration.host = "https://127.0.0.1:1"  # a closed port on loopback
+    down = Kube(k8s.ApiClient(configuration), settings.namespace, request_timeout_seconds=1)
+    try:
+        started = time.monotonic()
+        figures = Reconciler(settings, store, down).run_once()
+    finally:
+        down.close()
+    assert figures["expired_swept"] == 0
+    assert figures["errors"] == reconciler.UNAVAILABLE_IN_A_ROW + 1  # + the pass stopping
+    assert time.monotonic() - started < 30
+    # Nothing was dropped: the next pass with the API server back reaps all twenty.
+    assert len(store.expired_page(now=time.time(), offset=0, limit=100)[0]) == 20
