@@ -87,6 +87,10 @@ class Settings:
     max_message_chars: int = 16000
     max_queued_messages: int = 100
     max_messages_kept: int = 1000
+    # Bytes one conversation may keep in Redis (messages and replies; the oldest settled
+    # messages make room), and the largest reply a pod may give (larger: that message fails).
+    max_session_bytes: int = 2 * 1024 * 1024
+    max_reply_bytes: int = 256 * 1024
     idempotency_ttl_seconds: int = 600
     delivery_max_attempts: int = 5
     delivery_backoff_seconds: float = 1.0
@@ -201,6 +205,8 @@ class Settings:
             max_message_chars=read.number("MAX_MESSAGE_CHARS", defaults.max_message_chars),
             max_queued_messages=read.number("MAX_QUEUED_MESSAGES", defaults.max_queued_messages),
             max_messages_kept=read.number("MAX_MESSAGES_KEPT", defaults.max_messages_kept),
+            max_session_bytes=read.number("MAX_SESSION_BYTES", defaults.max_session_bytes),
+            max_reply_bytes=read.number("MAX_REPLY_BYTES", defaults.max_reply_bytes),
             idempotency_ttl_seconds=read.number(
                 "IDEMPOTENCY_TTL_SECONDS", defaults.idempotency_ttl_seconds
             ),
@@ -252,6 +258,13 @@ class Settings:
                 f"({self.max_queued_messages} >= {self.max_messages_kept}): the conversation "
                 "is trimmed to MAX_MESSAGES_KEPT, so a full backlog would drop messages "
                 "already answered 202 before they are delivered"
+            )
+        exchange = 4 * self.max_message_chars + self.max_reply_bytes  # UTF-8: up to 4 bytes
+        if self.max_session_bytes < 2 * exchange:
+            raise ConfigError(
+                f"MAX_SESSION_BYTES={self.max_session_bytes} is too small: it must hold at "
+                f"least two exchanges of MAX_MESSAGE_CHARS x 4 bytes + MAX_REPLY_BYTES "
+                f"({2 * exchange} bytes)"
             )
         if self.max_forwards >= self.web_connections:
             raise ConfigError(

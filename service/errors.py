@@ -118,6 +118,11 @@ class BacklogFull(RateLimited):
     default_message = "Too many undelivered messages for this session"
 
 
+class SessionStorageFull(RateLimited):
+    code = "session_storage_full"
+    default_message = "This session's conversation is at its storage budget"
+
+
 class Unavailable(SessionManagerError):
     status = 503
     code = "unavailable"

@@ -61,11 +61,12 @@ class PodClient:
                 timeout=timeout, stream=True,
             )
         except requests.RequestException as err:
-            raise PodError(f"pod unreachable: {type(err).__name__}") from err
+            raise PodError(f"pod unreachable: {type(err).__name__}",
+                           not_sent=_never_sent(err)) from err
         try:
             if response.status_code >= 300:
                 raise PodError(f"pod answered HTTP {response.status_code}")
-            body = _read_before(response, deadline)
+            body = _read_before(response, deadline, self.settings.max_reply_bytes)
         finally:
             response.close()
         try:
@@ -76,13 +77,31 @@ class PodClient:
 
 
 class PodError(Exception):
-    pass
+    """A delivery that did not get a reply. not_sent: the request never reached the pod (its
+    connection was refused or timed out: right after a wake the Service may not route to the
+    new pod yet), so the attempt does not count. permanent: trying again cannot help."""
+
+    def __init__(self, message: str, *, not_sent: bool = False,
+                 permanent: bool = False) -> None:
+        super().__init__(message)
+        self.not_sent = not_sent
+        self.permanent = permanent
 
 
-def _read_before(response: requests.Response, deadline: float) -> bytes:
-    """The body, read while time is left: the socket's timeout shrinks before every read."""
+def _never_sent(err: requests.RequestException) -> bool:
+    if isinstance(err, requests.ConnectTimeout):
+        return True
+    reason = getattr(err.args[0], "reason", None) if err.args else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError) or isinstance(
+        err.args[0] if err.args else None, urllib3.exceptions.NewConnectionError)
+
+
+def _read_before(response: requests.Response, deadline: float, max_bytes: int) -> bytes:
+    """The body, read while time is left (the socket's timeout shrinks before every read) and
+    while it fits MAX_REPLY_BYTES."""
     sock = getattr(getattr(response.raw, "connection", None), "sock", None)
     chunks = []
+    size = 0
     try:
         while True:
             remaining = deadline - time.monotonic()
@@ -93,6 +112,10 @@ def _read_before(response: requests.Response, deadline: float) -> bytes:
             chunk = response.raw.read1(65536)
             if not chunk:
                 return b"".join(chunks)
+            size += len(chunk)
+            if size > max_bytes:
+                raise PodError(f"pod reply larger than MAX_REPLY_BYTES ({max_bytes} bytes)",
+                               permanent=True)
             chunks.append(chunk)
     except (urllib3.exceptions.HTTPError, OSError) as err:
         if time.monotonic() >= deadline:

@@ -26,6 +26,7 @@ from .errors import (
     KubeNotFound,
     PayloadTooLarge,
     SessionNotFound,
+    SessionStorageFull,
     Unavailable,
 )
 from .kube import Kube
@@ -241,6 +242,7 @@ class Sessions:
                 max_queued=self.settings.max_queued_messages,
                 max_kept=self.settings.max_messages_kept, allow_forward=slot,
                 lease_seconds=self.settings.delivery_lease_seconds,
+                budget_bytes=self.settings.max_session_bytes,
             )
             if mode == "forward":
                 return self._forward(session_id, message, message_id, info)
@@ -255,6 +257,11 @@ class Sessions:
             raise BacklogFull(
                 f"{info['backlog']} messages are waiting for this session; retry later",
                 limit=self.settings.max_queued_messages, retry_after_seconds=5)
+        if mode == "budget":
+            raise SessionStorageFull(
+                "This session's undelivered messages fill its storage budget "
+                f"(MAX_SESSION_BYTES={self.settings.max_session_bytes}); retry once they are "
+                "delivered", limit=self.settings.max_session_bytes, retry_after_seconds=5)
         if mode == "duplicate":
             return self._replay(session_id, message, message_id, info)
         # Slept (flag) or asleep as the cluster says: the unpause is sent either way, so a
@@ -271,20 +278,24 @@ class Sessions:
         try:
             reply = self.pods.chat(session_id, message, message_id)
         except PodError as err:
-            # Not lost: it stays in flight for the worker, which retries with backoff.
-            log.warning("direct delivery failed; queued for the worker: %s", err,
-                        extra={"session_id": session_id})
-            self.store.finish_delivery(
+            # Not lost: unless it can never succeed, it stays in flight for the worker, which
+            # retries with backoff (at once, without counting, if it never reached the pod).
+            log.warning("direct delivery failed: %s", err, extra={"session_id": session_id})
+            stored = self.store.finish_delivery(
                 session_id, envelope=info["envelope"], lease_token=info["lease_token"],
                 delivered=False, reply_or_error=str(err),
-                max_attempts=self.settings.delivery_max_attempts,
-                retry_in_seconds=self.settings.delivery_backoff_seconds)
+                max_attempts=0 if err.permanent else self.settings.delivery_max_attempts,
+                retry_in_seconds=0 if err.not_sent else self.settings.delivery_backoff_seconds,
+                not_sent=err.not_sent)
+            if stored.get("state") == "failed":
+                return Result(200, {"uuid": session_id, "status": "failed",
+                                    "message_id": message_id, "error": stored.get("error")})
             return self._queued(session_id, message_id)
         self.store.finish_delivery(
             session_id, envelope=info["envelope"], lease_token=info["lease_token"],
             delivered=True, reply_or_error=json.dumps(reply),
             max_attempts=self.settings.delivery_max_attempts, retry_in_seconds=0,
-            forwarded=True)
+            forwarded=True, budget_bytes=self.settings.max_session_bytes)
         return Result(200, {"uuid": session_id, "status": "processed", "message_id": message_id,
                             "pod_response": reply})
 

@@ -126,8 +126,11 @@ class Store:
         self.redis = client
         self.session_ttl = session_ttl_seconds
         self.activity_ttl = activity_ttl_seconds
+        # Each script is sent with the shared functions of lua/lib/ in front of it.
+        library = "".join(path.read_text() + "\n" for path in sorted((_LUA / "lib").glob("*.lua")))
         self._scripts = {
-            path.stem: client.register_script(path.read_text()) for path in _LUA.glob("*.lua")
+            path.stem: client.register_script(library + path.read_text())
+            for path in _LUA.glob("*.lua")
         }
 
     @classmethod
@@ -420,8 +423,9 @@ class Store:
 
     def admit_chat(self, session_id: str, *, message_id: str, message: dict,
                    max_queued: int, max_kept: int, allow_forward: bool,
-                   lease_seconds: int) -> tuple[str, dict]:
-        """Returns (mode, info): mode is forward|queued|duplicate|backlog|gone|terminating.
+                   lease_seconds: int, budget_bytes: int = 0) -> tuple[str, dict]:
+        """Returns (mode, info): mode is forward|queued|duplicate|backlog|budget|gone|
+        terminating.
         An admitted message also counts as activity (TTLs and KEDA's activity key)."""
         token = secrets.token_hex(8)
         now = utc_now()
@@ -433,7 +437,7 @@ class Store:
             [session_id, message_id, json.dumps(message), int(now.timestamp() * 1000),
              max_queued, max_kept, token, lease_seconds * 1000, "1" if allow_forward else "0",
              iso(now), self.session_ttl, int(now.timestamp()) + self.session_ttl,
-             WORK_CHANNEL],
+             WORK_CHANNEL, budget_bytes],
         )
         mode = result[0]
         if mode in ("forward", "queued"):
@@ -446,6 +450,8 @@ class Store:
                           "status": result[3]}
         if mode == "backlog":
             return mode, {"backlog": int(result[1])}
+        if mode == "budget":
+            return mode, {"kept_bytes": int(result[1])}
         return mode, {}
 
     def claim_delivery(self, session_id: str, *, lease_seconds: int) -> dict | None:
@@ -463,7 +469,8 @@ class Store:
 
     def finish_delivery(self, session_id: str, *, envelope: str, lease_token: str,
                         delivered: bool, reply_or_error: str, max_attempts: int,
-                        retry_in_seconds: float, forwarded: bool = False) -> dict:
+                        retry_in_seconds: float, forwarded: bool = False,
+                        budget_bytes: int = 0, not_sent: bool = False) -> dict:
         """Settle or reschedule an attempt; a delivery also counts as activity (and, when
         `forwarded`, as a chat answered directly by the pod)."""
         moment = utc_now()
@@ -472,12 +479,12 @@ class Store:
             "finish_delivery",
             [record_key(session_id), queue_key(session_id), _inflight_key(session_id),
              _messages_key(session_id), PENDING_INDEX, _delivery_lease(session_id), STATS,
-             EXPIRY_INDEX, work_key(session_id)],
+             EXPIRY_INDEX, work_key(session_id), _message_ids_key(session_id)],
             [session_id, envelope, lease_token, "delivered" if delivered else "failed",
              reply_or_error, iso(moment), now, max_attempts,
              now + int(retry_in_seconds * 1000), self.session_ttl,
              int(moment.timestamp()) + self.session_ttl, self.activity_ttl,
-             "forwarded" if forwarded else ""],
+             "forwarded" if forwarded else "", budget_bytes, "1" if not_sent else "0"],
         )
         return json.loads(stored) if stored else {}
 

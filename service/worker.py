@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 LEADER_LEASE_SECONDS = 15
 MAX_BACKOFF_SECONDS = 60.0
+NOT_SENT_RETRY_SECONDS = 0.5  # a pod refusing connections right after it became Ready
 REPORT_INTERVAL_SECONDS = 5.0  # how often a worker tells /health it is alive
 WATCH_TIMEOUT_SECONDS = 2  # a watch request ends this often: how soon a term notices its end
 
@@ -113,10 +114,14 @@ class Worker:
             attempts = int(message.get("attempts") or 1)
             backoff = min(MAX_BACKOFF_SECONDS,
                           self.settings.delivery_backoff_seconds * 2 ** (attempts - 1))
+            # Never reached the pod (refused right after a wake, say): again soon, uncounted.
+            # Cannot succeed (a reply past MAX_REPLY_BYTES): failed now.
             stored = self.store.finish_delivery(
                 session_id, envelope=claim["envelope"], lease_token=claim["lease_token"],
                 delivered=False, reply_or_error=str(err),
-                max_attempts=self.settings.delivery_max_attempts, retry_in_seconds=backoff)
+                max_attempts=0 if err.permanent else self.settings.delivery_max_attempts,
+                retry_in_seconds=NOT_SENT_RETRY_SECONDS if err.not_sent else backoff,
+                not_sent=err.not_sent)
             log.warning("delivery attempt %s failed (%s): %s", attempts, stored.get("state"),
                         err, extra={"session_id": session_id,
                                     "message_id": message["message_id"]})
@@ -124,7 +129,8 @@ class Worker:
         self.store.finish_delivery(
             session_id, envelope=claim["envelope"], lease_token=claim["lease_token"],
             delivered=True, reply_or_error=json.dumps(reply),
-            max_attempts=self.settings.delivery_max_attempts, retry_in_seconds=0)
+            max_attempts=self.settings.delivery_max_attempts, retry_in_seconds=0,
+            budget_bytes=self.settings.max_session_bytes)
         log.info("message delivered", extra={"session_id": session_id,
                                              "message_id": message["message_id"]})
         return True

@@ -192,7 +192,7 @@ def test_a_worker_killed_mid_delivery_is_relieved_after_its_lease(
 
 def test_two_worker_processes_never_deliver_a_message_twice(
         settings, store, kube, make_agent, make_api, worker_process):
-    # More sessions than one worker has delivery threads (8), and a pod that takes a while:
+    # More sessions than one worker has delivery threads (8 here), and a pod that takes a while:
     # the worker that polls first cannot start every drain at once, so the other one claims
     # sessions that the first one's queued drains then also try to claim.
     sessions, per_session = 12, 3
@@ -205,7 +205,7 @@ def test_two_worker_processes_never_deliver_a_message_twice(
         sent[session_id] = [f"s{s}-m{n}" for n in range(per_session)]
         for message_id in sent[session_id]:
             assert api.chat(session_id, f"hello {message_id}", message_id)[0] == 202
-    workers = [worker_process(settings, name) for name in ("a", "b")]
+    workers = [worker_process(settings, name, DELIVERY_CONCURRENCY="8") for name in ("a", "b")]
     for session_id in sent:
         mark_deployment_ready(kube, session_id)
     wait_for(lambda: all(w.alive() for w in workers)

@@ -7,7 +7,9 @@
 -- KEYS: record, queue, inflight, messages, message_ids, pending_index, lease, stats,
 --       expiry_index, work
 -- ARGV: id, message_id, message_json, now_ms, max_queued, max_kept, lease_token, lease_ms,
---       allow_forward, now_iso, ttl_seconds, expires_at, work_channel
+--       allow_forward, now_iso, ttl_seconds, expires_at, work_channel, budget_bytes
+-- The conversation also keeps within budget_bytes (0: no budget): the oldest settled
+-- messages make room; when only unsettled ones are left, the chat is refused ('budget').
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'gone'} end
 if status == 'terminating' then return {'terminating'} end
@@ -17,6 +19,14 @@ if existing then
 end
 local backlog = redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3])
 if backlog >= tonumber(ARGV[5]) then return {'backlog', tostring(backlog)} end
+local budget = tonumber(ARGV[14])
+local kept = tonumber(redis.call('HGET', KEYS[1], 'kept_bytes') or '0')
+local incoming = #ARGV[3] + 128  -- the stored form adds seq, state and attempts
+if budget > 0 and kept + incoming > budget then
+  local last = tonumber(redis.call('HGET', KEYS[1], 'msg_seq') or '0')
+  kept = trim_settled(KEYS[1], KEYS[4], KEYS[5], kept, budget - incoming, last)
+  if kept + incoming > budget then return {'budget', tostring(kept)} end
+end
 local seq = redis.call('HINCRBY', KEYS[1], 'msg_seq', 1)
 local message = cjson.decode(ARGV[3])
 message['seq'] = seq
@@ -38,16 +48,24 @@ else
   redis.call('ZADD', KEYS[6], 'NX', now, ARGV[1])
   redis.call('HINCRBY', KEYS[8], 'queued', 1)
 end
-redis.call('HSET', KEYS[4], seq, cjson.encode(message))
+local encoded = cjson.encode(message)
+redis.call('HSET', KEYS[4], seq, encoded)
 redis.call('HSET', KEYS[5], ARGV[2], seq)
+kept = kept + #encoded
 local oldest = seq - tonumber(ARGV[6])
 if oldest > 0 then
   local old = redis.call('HGET', KEYS[4], oldest)
   if old then
+    kept = kept - redis.call('HSTRLEN', KEYS[4], oldest)
+        - redis.call('HSTRLEN', KEYS[4], oldest .. ':reply')
     redis.call('HDEL', KEYS[5], cjson.decode(old)['message_id'])
     redis.call('HDEL', KEYS[4], oldest, oldest .. ':reply')
   end
+  if tonumber(redis.call('HGET', KEYS[1], 'kept_from') or '1') <= oldest then
+    redis.call('HSET', KEYS[1], 'kept_from', oldest + 1)
+  end
 end
+redis.call('HSET', KEYS[1], 'kept_bytes', math.max(kept, 0))
 redis.call('HSET', KEYS[1], 'last_activity', ARGV[10])
 for i = 1, 5 do
   if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[11]) end

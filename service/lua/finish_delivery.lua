@@ -5,10 +5,14 @@
 -- may still record a reply, but a failure of its must not undo a newer outcome.
 -- A settled message leaves the work set; when no work is left the set expires activity_ttl
 -- after this (the session's idle clock). A delivered reply is activity: TTLs are refreshed.
--- KEYS: record, queue, inflight, messages, pending_index, lease, stats, expiry_index, work
+-- A stored reply counts against the conversation's byte budget (older settled messages
+-- make room; the reply itself is always kept).
+-- KEYS: record, queue, inflight, messages, pending_index, lease, stats, expiry_index, work,
+--       message_ids
 -- ARGV: id, envelope, lease_token, outcome ('delivered'|'failed'), reply_json_or_error,
 --       now_iso, now_ms, max_attempts, retry_at_ms, ttl_seconds, expires_at,
---       activity_ttl_seconds, extra_counter ('' or a stats field to count a delivery under)
+--       activity_ttl_seconds, extra_counter ('' or a stats field to count a delivery under),
+--       budget_bytes (0: none), not_sent ('1': the request never reached the pod)
 local seq = cjson.decode(ARGV[2])['seq']
 local stored = redis.call('HGET', KEYS[4], seq)
 local retry_at = tonumber(ARGV[7])
@@ -24,6 +28,15 @@ if stored then
       redis.call('HSET', KEYS[4], seq .. ':reply', ARGV[5])
       redis.call('HINCRBY', KEYS[7], 'delivered', 1)
       redis.call('HSET', KEYS[4], seq, cjson.encode(message))
+      if redis.call('EXISTS', KEYS[1]) == 1 then
+        local kept = tonumber(redis.call('HGET', KEYS[1], 'kept_bytes') or '0') + #ARGV[5]
+        local budget = tonumber(ARGV[14])
+        if budget > 0 and kept > budget then
+          trim_settled(KEYS[1], KEYS[4], KEYS[10], kept, budget, seq - 1)
+        else
+          redis.call('HSET', KEYS[1], 'kept_bytes', kept)
+        end
+      end
     end
     redis.call('LREM', KEYS[3], 0, ARGV[2])
   elseif settled then
@@ -33,18 +46,26 @@ if stored then
     -- This attempt's lease lapsed and another worker holds the message now: its outcome
     -- decides (and it reschedules the session), not this stale failure.
     return stored
-  elseif (message['attempts'] or 0) >= tonumber(ARGV[8]) then
-    message['state'] = 'failed'
-    message['error'] = ARGV[5]
-    message['failed_at'] = ARGV[6]
-    redis.call('LREM', KEYS[3], 0, ARGV[2])
-    redis.call('HINCRBY', KEYS[7], 'failed', 1)
-    redis.call('HSET', KEYS[4], seq, cjson.encode(message))
   else
-    message['state'] = 'queued'
-    message['error'] = ARGV[5]
-    retry_at = tonumber(ARGV[9])
-    redis.call('HSET', KEYS[4], seq, cjson.encode(message))
+    -- Never sent (the pod's connection refused, as right after a wake): the attempt is given
+    -- back, a bounded number of times so a pod that never accepts still ends failed.
+    if ARGV[15] == '1' and (message['refunds'] or 0) < 20 then
+      message['attempts'] = math.max((message['attempts'] or 1) - 1, 0)
+      message['refunds'] = (message['refunds'] or 0) + 1
+    end
+    if (message['attempts'] or 0) >= tonumber(ARGV[8]) then
+      message['state'] = 'failed'
+      message['error'] = ARGV[5]
+      message['failed_at'] = ARGV[6]
+      redis.call('LREM', KEYS[3], 0, ARGV[2])
+      redis.call('HINCRBY', KEYS[7], 'failed', 1)
+      redis.call('HSET', KEYS[4], seq, cjson.encode(message))
+    else
+      message['state'] = 'queued'
+      message['error'] = ARGV[5]
+      retry_at = tonumber(ARGV[9])
+      redis.call('HSET', KEYS[4], seq, cjson.encode(message))
+    end
   end
 else
   redis.call('LREM', KEYS[3], 0, ARGV[2])
