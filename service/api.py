@@ -65,6 +65,10 @@ def create_app(settings: Settings, *, store: Store | None = None, kube: Kube | N
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # No redirects to a "canonical" path (// merged, a trailing / added): their bodies are
+    # HTML, and an API client wants the 404 of a path that is not a route.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
     app.extensions["session_manager"] = {"sessions": sessions, "store": store, "kube": kube}

@@ -7,6 +7,7 @@ worker keeps in step with the cluster, so reads never wait on the Kubernetes API
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -291,13 +292,31 @@ class Sessions:
                 return Result(200, {"uuid": session_id, "status": "failed",
                                     "message_id": message_id, "error": stored.get("error")})
             return self._queued(session_id, message_id)
-        self.store.finish_delivery(
-            session_id, envelope=info["envelope"], lease_token=info["lease_token"],
-            delivered=True, reply_or_error=json.dumps(reply),
+        settle = functools.partial(
+            self.store.finish_delivery, session_id, envelope=info["envelope"],
+            lease_token=info["lease_token"], delivered=True, reply_or_error=json.dumps(reply),
             max_attempts=self.settings.delivery_max_attempts, retry_in_seconds=0,
             forwarded=True, budget_bytes=self.settings.max_session_bytes)
+        try:
+            settle()
+        except Unavailable:
+            # The pod has answered: the caller gets the reply now, and the reply is recorded
+            # once Redis is back (until then the message stays in flight under its lease; if
+            # that lapses first, a worker redelivers and the pod answers the same message_id
+            # with the same reply).
+            log.warning("reply not recorded yet (Redis unavailable); retrying in the "
+                        "background", extra={"session_id": session_id})
+            threading.Thread(target=self._settle_later, args=(settle, session_id),
+                             daemon=True).start()
         return Result(200, {"uuid": session_id, "status": "processed", "message_id": message_id,
                             "pod_response": reply})
+
+    def _settle_later(self, settle: Any, session_id: str) -> None:
+        try:
+            settle(retry_for_seconds=self.settings.delivery_lease_seconds)
+        except Unavailable:
+            log.warning("reply still not recorded; the worker will redeliver after the lease",
+                        extra={"session_id": session_id})
 
     def _replay(self, session_id: str, message: str, message_id: str, info: dict) -> Result:
         """The same message_id again: report what happened to it, deliver nothing twice.

@@ -35,6 +35,7 @@ STATS = _P + "stats"  # message counters for /metrics
 # Worker id -> JSON {"at": epoch s, "stalled": [loop, ...]}: what /health reads of the workers.
 WORKER_REPORTS = _P + "workers"
 _WORKER_REPORT_KEPT_SECONDS = 3600  # a report older than this is a replica long gone
+SETTLE_RETRY_SECONDS = 0.5  # how often an outcome is offered again while Redis is away
 # Pub/sub channel: a session id is published when it gets work (a chat, a wake), so the push
 # scaler can tell KEDA at once. Best effort by nature; KEDA's polling IsActive backs it up.
 WORK_CHANNEL = _P + "work"
@@ -470,9 +471,28 @@ class Store:
     def finish_delivery(self, session_id: str, *, envelope: str, lease_token: str,
                         delivered: bool, reply_or_error: str, max_attempts: int,
                         retry_in_seconds: float, forwarded: bool = False,
-                        budget_bytes: int = 0, not_sent: bool = False) -> dict:
+                        budget_bytes: int = 0, not_sent: bool = False,
+                        retry_for_seconds: float = 0) -> dict:
         """Settle or reschedule an attempt; a delivery also counts as activity (and, when
-        `forwarded`, as a chat answered directly by the pod)."""
+        `forwarded`, as a chat answered directly by the pod). With retry_for_seconds, an
+        outcome already had is not given up to a Redis outage that short: until it is
+        recorded, the message stays in flight and its session's later messages wait behind
+        the lease."""
+        deadline = time.monotonic() + retry_for_seconds
+        while True:
+            try:
+                return self._finish_delivery(
+                    session_id, envelope, lease_token, delivered, reply_or_error,
+                    max_attempts, retry_in_seconds, forwarded, budget_bytes, not_sent)
+            except RedisUnavailable:
+                if time.monotonic() + SETTLE_RETRY_SECONDS > deadline:
+                    raise
+                time.sleep(SETTLE_RETRY_SECONDS)
+
+    def _finish_delivery(self, session_id: str, envelope: str, lease_token: str,
+                         delivered: bool, reply_or_error: str, max_attempts: int,
+                         retry_in_seconds: float, forwarded: bool, budget_bytes: int,
+                         not_sent: bool) -> dict:
         moment = utc_now()
         now = int(moment.timestamp() * 1000)
         stored = self._run(

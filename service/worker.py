@@ -121,7 +121,7 @@ class Worker:
                 delivered=False, reply_or_error=str(err),
                 max_attempts=0 if err.permanent else self.settings.delivery_max_attempts,
                 retry_in_seconds=NOT_SENT_RETRY_SECONDS if err.not_sent else backoff,
-                not_sent=err.not_sent)
+                not_sent=err.not_sent, retry_for_seconds=self.settings.delivery_lease_seconds)
             log.warning("delivery attempt %s failed (%s): %s", attempts, stored.get("state"),
                         err, extra={"session_id": session_id,
                                     "message_id": message["message_id"]})
@@ -130,7 +130,8 @@ class Worker:
             session_id, envelope=claim["envelope"], lease_token=claim["lease_token"],
             delivered=True, reply_or_error=json.dumps(reply),
             max_attempts=self.settings.delivery_max_attempts, retry_in_seconds=0,
-            budget_bytes=self.settings.max_session_bytes)
+            budget_bytes=self.settings.max_session_bytes,
+            retry_for_seconds=self.settings.delivery_lease_seconds)
         log.info("message delivered", extra={"session_id": session_id,
                                              "message_id": message["message_id"]})
         return True

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -309,6 +311,75 @@ def api_process(apiserver: local.KubeApiServer, tmp_path: Path):
         api.stop()
 
 
+WORKER_LEASE_SECONDS = 4  # the delivery lease of worker processes
+
+
+class WorkerProcess:
+    """`python -m service worker` as a real process, configured like a deployment would be."""
+
+    def __init__(self, settings: Settings, kubeconfig: Path, log_file: Path,
+                 **env: str) -> None:
+        self.env = {
+            **os.environ, "REDIS_URL": settings.redis_url, "NAMESPACE": settings.namespace,
+            "KUBECONFIG": str(kubeconfig), "API_KEYS": API_KEY,
+            "POD_URL_TEMPLATE": settings.pod_url_template, "LOG_LEVEL": "INFO",
+            # The lease must outlast the pod timeout; WORKER_POLL_INTERVAL_SECONDS stays at its
+            # default 0.5 s (the setting refuses less than 1).
+            "DELIVERY_LEASE_SECONDS": str(WORKER_LEASE_SECONDS), "POD_TIMEOUT_SECONDS": "3",
+            "DELIVERY_BACKOFF_SECONDS": "0.2",
+            **env,
+        }
+        self.log_file = log_file
+        with open(log_file, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "service", "worker"],
+                                            env=self.env, cwd=REPO_ROOT, stdout=log,
+                                            stderr=subprocess.STDOUT)
+
+    def alive(self) -> bool:
+        """True while it runs; a worker that exits on its own fails the test with its log."""
+        if self.process.poll() is None:
+            return True
+        raise AssertionError(f"the worker exited ({self.process.returncode}):\n"
+                             + self.log_file.read_text()[-3000:])
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM, as Kubernetes stops a pod; the worker finishes what it holds and exits."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+    def delivered(self) -> int:
+        lines = self.log_file.read_text().splitlines()
+        return sum(1 for line in lines
+                   if line.startswith("{") and json.loads(line)["message"] == "message delivered")
+
+
+@pytest.fixture
+def worker_process(apiserver, tmp_path: Path, scaler_certs: Path):
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings, name: str, **env: str) -> WorkerProcess:
+        # Each serves the push scaler and /healthz, as deployed, on ports of its own.
+        env = {"SCALER_TLS_DIR": str(scaler_certs / "server"), "SCALER_PORT": "0",
+               "WORKER_HEALTH_PORT": "0", **env}
+        started.append(WorkerProcess(settings, apiserver.kubeconfig,
+                                     tmp_path / f"worker-{name}.log", **env))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        worker.kill()
+
+
 @contextlib.contextmanager
 def watching_status(worker: Worker) -> Iterator[None]:
     """Run the worker's real Deployment + Pod watch (the status tracker) for the block."""
@@ -337,5 +408,16 @@ def running(worker: Worker) -> Iterator[None]:
         assert not thread.is_alive(), "the worker did not stop"
 
 
-__all__ = ["API_KEY", "ApiProcess", "DemoAgent", "SessionApi", "mark_deployment_ready", "running",
-           "store_module", "wait_for", "watching_status"]
+__all__ = [
+    "API_KEY",
+    "WORKER_LEASE_SECONDS",
+    "ApiProcess",
+    "DemoAgent",
+    "SessionApi",
+    "WorkerProcess",
+    "mark_deployment_ready",
+    "running",
+    "store_module",
+    "wait_for",
+    "watching_status",
+]

@@ -5,20 +5,15 @@ in-process and as real `python -m service worker` processes (where one must be k
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
-import pytest
-
-from service.config import REPO_ROOT, Settings
-
-from .conftest import API_KEY, mark_deployment_ready, running, wait_for, watching_status
-
-LEASE_SECONDS = 4  # the delivery lease of the worker processes
+from .conftest import (
+    WORKER_LEASE_SECONDS,
+    mark_deployment_ready,
+    running,
+    wait_for,
+    watching_status,
+)
 
 
 def delivered_ids(agent) -> list[str]:
@@ -27,72 +22,6 @@ def delivered_ids(agent) -> list[str]:
 
 def states(api, session_id: str) -> list[str]:
     return [m["state"] for m in api.messages(session_id)]
-
-
-class WorkerProcess:
-    """`python -m service worker` as a real process, configured like a deployment would be."""
-
-    def __init__(self, settings: Settings, kubeconfig: Path, log_file: Path,
-                 **env: str) -> None:
-        self.env = {
-            **os.environ, "REDIS_URL": settings.redis_url, "NAMESPACE": settings.namespace,
-            "KUBECONFIG": str(kubeconfig), "API_KEYS": API_KEY,
-            "POD_URL_TEMPLATE": settings.pod_url_template, "LOG_LEVEL": "INFO",
-            # The lease must outlast the pod timeout; WORKER_POLL_INTERVAL_SECONDS stays at its
-            # default 0.5 s (the setting refuses less than 1).
-            "DELIVERY_LEASE_SECONDS": str(LEASE_SECONDS), "POD_TIMEOUT_SECONDS": "3",
-            "DELIVERY_BACKOFF_SECONDS": "0.2",
-            **env,
-        }
-        self.log_file = log_file
-        with open(log_file, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "service", "worker"],
-                                            env=self.env, cwd=REPO_ROOT, stdout=log,
-                                            stderr=subprocess.STDOUT)
-
-    def alive(self) -> bool:
-        """True while it runs; a worker that exits on its own fails the test with its log."""
-        if self.process.poll() is None:
-            return True
-        raise AssertionError(f"the worker exited ({self.process.returncode}):\n"
-                             + self.log_file.read_text()[-3000:])
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
-
-    def stop(self) -> int:
-        """SIGTERM, as Kubernetes stops a pod; the worker finishes what it holds and exits."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
-
-    def delivered(self) -> int:
-        lines = self.log_file.read_text().splitlines()
-        return sum(1 for line in lines
-                   if line.startswith("{") and json.loads(line)["message"] == "message delivered")
-
-
-@pytest.fixture
-def worker_process(apiserver, tmp_path: Path, scaler_certs: Path):
-    started: list[WorkerProcess] = []
-
-    def start(settings: Settings, name: str, **env: str) -> WorkerProcess:
-        # Each serves the push scaler and /healthz, as deployed, on ports of its own.
-        env = {"SCALER_TLS_DIR": str(scaler_certs / "server"), "SCALER_PORT": "0",
-               "WORKER_HEALTH_PORT": "0", **env}
-        started.append(WorkerProcess(settings, apiserver.kubeconfig,
-                                     tmp_path / f"worker-{name}.log", **env))
-        return started[-1]
-
-    yield start
-    for worker in started:
-        worker.kill()
 
 
 def test_chat_to_a_sleeping_session_is_delivered_once_and_in_order(
@@ -187,7 +116,7 @@ def test_a_worker_killed_mid_delivery_is_relieved_after_its_lease(
     deliveries = [d for d in agent.deliveries() if d["message_id"] == "m-1"]
     assert len(deliveries) == 2  # the killed attempt and the one redelivery, no more
     # The second worker waited for the first one's lease to lapse.
-    assert deliveries[1]["at"] - deliveries[0]["at"] >= LEASE_SECONDS - 0.5
+    assert deliveries[1]["at"] - deliveries[0]["at"] >= WORKER_LEASE_SECONDS - 0.5
 
 
 def test_two_worker_processes_never_deliver_a_message_twice(

@@ -4,15 +4,25 @@ without a restart."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
+from pathlib import Path
 
 import pytest
+import requests
+import yaml
 
 from devcluster.processes import free_port
+from service import bundle, names
 from service import store as store_module
 from service.api import create_app
+from service.kube import WATCH_READ_MARGIN_SECONDS, Kube, load_api_client
 from service.readiness import WORKER_SILENT_SECONDS
-from tests.conftest import API_KEY
+from service.reconciler import Reconciler
+from service.worker import WATCH_TIMEOUT_SECONDS
+from tests.conftest import API_KEY, mark_deployment_ready, wait_for, watching_status
+from tests.tcpproxy import TcpProxy
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -26,6 +36,11 @@ def create(client) -> str:
     response = client.post("/session/create", json={"user_id": "u"}, headers=KEY)
     assert response.status_code == 201, response.get_json()
     return response.get_json()["uuid"]
+
+
+def _assert_error(response, status: int, code: str) -> None:
+    assert response.status_code == status, response.get_json()
+    assert response.get_json()["code"] == code, response.get_json()
 
 
 def conversation(client, sid) -> list[str]:
@@ -97,3 +112,176 @@ def test_health_tells_whether_a_worker_is_delivering(client, store):
     body = client.get("/health").json
     assert body["workers"]["status"] == "none" and body["status"] == "degraded"
     assert body["workers"]["last_report_seconds_ago"] >= WORKER_SILENT_SECONDS
+
+
+# -- the Kubernetes API server going away, through a TCP proxy in front of the real one ------
+
+
+@pytest.fixture
+def proxy(apiserver):
+    proxy = TcpProxy(apiserver.port)
+    yield proxy
+    proxy.close()
+
+
+def kube_through(proxy, apiserver, namespace: str) -> Kube:
+    """A client whose kubeconfig names the proxy (on 127.0.0.1 too, which the cert names)."""
+    config = yaml.safe_load(Path(apiserver.kubeconfig).read_text())
+    for cluster in config["clusters"]:
+        cluster["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+    path = Path(apiserver.kubeconfig).with_name(f"kubeconfig-proxy-{proxy.port}")
+    path.write_text(yaml.safe_dump(config))
+    return Kube(load_api_client(str(path)), namespace, request_timeout_seconds=3)
+
+
+def objects_by_session(kube, settings) -> dict[str, int]:
+    sample = names.new_session_id()
+    found: Counter = Counter()
+    for kind in bundle.render(sample, settings, store_module.keda_keys(sample)).kinds():
+        for obj in kube.list_objects(kind, bundle.label_selector()):
+            if not obj["metadata"].get("deletionTimestamp"):
+                found[obj["metadata"]["labels"][names.SESSION_LABEL]] += 1
+    return dict(found)
+
+
+def test_the_api_server_going_away_during_creates_and_deletes_leaves_nothing_unowned(
+        settings, store, kube, proxy, apiserver):
+    through = kube_through(proxy, apiserver, settings.namespace)
+    client = create_app(settings, store=store, kube=through).test_client()
+    try:
+        first = create(client)  # also warms API discovery
+        proxy.refuse()
+        _assert_error(client.post("/session/create", json={"user_id": "u"}, headers=KEY), 503,
+                     "kubernetes_unavailable")
+        assert store.counts()["total"] == 1
+        _assert_error(client.delete(f"/session/{first}", headers=KEY), 503,
+                     "kubernetes_unavailable")
+        # Chats now wait for the delete to finish; nothing half-deleted serves.
+        assert client.post(f"/session/{first}/chat", json={"message": "x"},
+                           headers=KEY).status_code == 409
+        proxy.forward()
+        assert client.delete(f"/session/{first}", headers=KEY).status_code == 200
+        # Creates cut at a random point by the server going away.
+        answers = []
+        for delay in (0.005, 0.02, 0.05, 0.1):
+            cut = threading.Timer(delay, proxy.refuse)
+            cut.start()
+            answers.append(client.post("/session/create", json={"user_id": "cut"},
+                                       headers=KEY).status_code)
+            cut.join()
+            proxy.forward()
+        assert set(answers) <= {201, 503}, answers
+    finally:
+        proxy.forward()
+        through.close()
+    # With the server back, one reconciler pass leaves no object without a record.
+    Reconciler(settings.replace(reconcile_grace_seconds=0), store, kube).run_once()
+    owners = objects_by_session(kube, settings)
+    records = {sid for page in store.iter_id_pages() for sid in page}
+    assert set(owners) == records, (owners, records)
+    assert answers.count(201) == len(records)
+
+
+def test_a_watch_that_goes_silent_is_given_up_and_status_catches_up(
+        settings, store, kube, proxy, apiserver, make_api, make_worker):
+    """A half-open connection (the proxy holds every byte): the watch's read deadline ends
+    it, and once the path is back the status follows the cluster again."""
+    session_id = make_api(settings).create()
+    through = kube_through(proxy, apiserver, settings.namespace)
+    worker = make_worker(settings)
+    worker.kube = through
+    worker.tracker.store = store
+    try:
+        with watching_status(worker):
+            time.sleep(1)  # the watch is open
+            proxy.silent()
+            mark_deployment_ready(kube, session_id)  # an event the silent path holds back
+            time.sleep(3)
+            assert store.get_session(session_id)["status"] != "running"
+            proxy.forward()  # new connections pass; the held one stays stuck
+            wait_for(lambda: store.get_session(session_id)["status"] == "running",
+                     timeout=WATCH_TIMEOUT_SECONDS + WATCH_READ_MARGIN_SECONDS + 15,
+                     what="the status after the watch gave up")
+    finally:
+        proxy.forward()
+        through.close()
+
+
+# -- Redis stopped and restarted mid-traffic, real processes ------------------------------
+
+
+def test_redis_restarted_mid_traffic_loses_nothing_and_needs_no_restart(
+        settings, store, kube, redis_server, make_agent, make_worker, api_process,
+        worker_process):
+    agent = make_agent(delay_seconds=0.05).start()
+    settings = settings.replace(pod_url_template=agent.url)
+    api = api_process(settings, RATE_LIMITS_ENABLED="false", REDIS_SOCKET_TIMEOUT_SECONDS="1")
+    api_pid = api.process.pid
+    session_ids = []
+    for n in range(3):
+        response = requests.post(f"{api.url}/session/create", json={"user_id": f"r{n}"},
+                                 headers=KEY, timeout=30)
+        assert response.status_code == 201, response.text
+        session_ids.append(response.json()["uuid"])
+    with watching_status(make_worker(settings)):
+        for session_id in session_ids:
+            mark_deployment_ready(kube, session_id)
+        wait_for(lambda: all(store.get_session(s)["status"] == "running" for s in session_ids),
+                 timeout=15, what="running")
+    worker = worker_process(settings, "w", REDIS_SOCKET_TIMEOUT_SECONDS="1")
+    answers: list[tuple[str, int, str]] = []  # (message_id, status, code)
+    stop = threading.Event()
+
+    def chat_steadily() -> None:
+        n = 0
+        while not stop.is_set():
+            session_id = session_ids[n % len(session_ids)]
+            message_id = f"r-{n}"
+            try:
+                response = requests.post(f"{api.url}/session/{session_id}/chat", headers=KEY,
+                                         json={"message": "hi", "message_id": message_id},
+                                         timeout=15)
+                body = response.json()
+                answers.append((message_id, response.status_code, body.get("code", "")))
+            except requests.RequestException as err:
+                answers.append((message_id, -1, type(err).__name__))
+            n += 1
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=chat_steadily, daemon=True)
+    sender.start()
+    time.sleep(2)
+    redis_server.stop()
+    time.sleep(3)
+    redis_server.start()
+    time.sleep(3)
+    stop.set()
+    sender.join(20)
+
+    statuses = Counter(status for _, status, _ in answers)
+    bad = [a for a in answers if a[1] not in (200, 202)
+           and not (a[1] == 503 and a[2] == "redis_unavailable")]
+    assert bad == [], bad
+    assert statuses[503] > 0 and statuses[200] + statuses[202] > 20, statuses
+    accepted = [message_id for message_id, status, _ in answers if status in (200, 202)]
+    try:
+        wait_for(lambda: worker.alive() and Counter(
+            d["message_id"] for d in agent.deliveries()) >= Counter(accepted),
+            timeout=40, interval=0.5, what="every accepted message delivered")
+    except AssertionError:
+        missing = set(accepted) - {d["message_id"] for d in agent.deliveries()}
+        states = {}
+        for session_id in session_ids:
+            for m in requests.get(f"{api.url}/session/{session_id}/messages?limit=500",
+                                  headers=KEY, timeout=5).json()["messages"]:
+                if m["message_id"] in missing:
+                    states[m["message_id"]] = (m["state"], m.get("attempts"), m.get("error"))
+        raise AssertionError(f"undelivered: {sorted(missing)}; states {states}; answers "
+                             f"{[a for a in answers if a[0] in missing]}; worker log "
+                             f"{worker.log_file.read_text()[-2000:]}") from None
+    delivered = Counter(d["message_id"] for d in agent.deliveries())
+    assert all(delivered[m] == 1 for m in accepted), "a message was delivered twice"
+    assert requests.get(f"{api.url}/health", timeout=5).status_code == 200
+    assert api.process.pid == api_pid and api.process.poll() is None  # no restart
+    print(f"chats {len(answers)}: {dict(statuses)}; accepted {len(accepted)}, "
+          f"delivered once each")

@@ -412,3 +412,28 @@ def test_redis_accepts_only_the_control_plane_and_keda() -> None:
     ]
     redis_args = _one("Deployment", "redis")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert redis_args[redis_args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "kb": 2**10, "mb": 2**20, "gb": 2**30}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(quantity[: -len(suffix)]) * factor
+    return int(quantity)
+
+
+def test_redis_memory_leaves_room_for_an_aof_rewrite_and_the_volume_for_its_files() -> None:
+    """A rewrite forks: maxmemory at most half the container's limit, or the kernel kills Redis
+    mid-rewrite; the volume holds the AOF and a rewrite's new files beside the old."""
+    container = _one("Deployment", "redis")["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    maxmemory = _bytes(args[args.index("--maxmemory") + 1])
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert args[args.index("--appendonly") + 1] == "yes"
+    limit = _bytes(container["resources"]["limits"]["memory"])
+    assert container["resources"]["requests"]["memory"] == container["resources"]["limits"][
+        "memory"]  # no overcommit for the one component holding every session
+    assert maxmemory <= limit // 2, (maxmemory, limit)
+    volume = _bytes(_one("PersistentVolumeClaim", "redis-data")["spec"]["resources"][
+        "requests"]["storage"])
+    assert volume >= 4 * maxmemory, (volume, maxmemory)
