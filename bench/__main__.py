@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import chat, delivery, kubeops, listing, load, memory, ratelimits, report, wake
+from . import chat, delivery, kubeops, listing, load, memory, ratelimits, report, serving, wake
 from .harness import Context
 
 FIGURES: dict[str, Callable[[Context], report.Figure]] = {
@@ -27,6 +27,8 @@ FIGURES: dict[str, Callable[[Context], report.Figure]] = {
     # On the local cluster with real KEDA (needs what the real-cluster test layer needs).
     "wake": wake.wake,
     "scalers": wake.scalers,
+    # The serving model: gevent (production) against gthread, slow agents.
+    "serving": serving.serving,
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

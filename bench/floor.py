@@ -1,12 +1,17 @@
 """The floor for the 202 chat path: the least a Flask app under our gunicorn can do per chat.
 
 `python -m bench.floor` serves it with exactly the service's gunicorn setup
-(`service.serve.Server`: same workers, threads, worker class, keep-alive), read from
-the same environment (PORT, BIND_ADDRESS, WEB_CONCURRENCY, WEB_THREADS, REDIS_URL).
+(`service.serve.Server`: same workers, gevent worker class, connections, keep-alive), read from
+the same environment (PORT, BIND_ADDRESS, WEB_CONCURRENCY, WEB_CONNECTIONS, REDIS_URL).
 One route does one Redis LPUSH of the body and answers a small JSON 202.
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":  # as `python -m service serve` does: patched before any import
+    from gevent import monkey
+
+    monkey.patch_all()
 
 import redis
 from flask import Flask, jsonify, request

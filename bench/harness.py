@@ -300,7 +300,11 @@ class Context:
             "BIND_ADDRESS": "127.0.0.1",
             "LOG_LEVEL": "INFO",
             "POD_URL_TEMPLATE": f"http://127.0.0.1:{self.agent().port}",  # type: ignore[attr-defined]
+            # Never a backlog or budget refusal under load (and a backlog the conversation
+            # keeps: the service refuses MAX_QUEUED_MESSAGES >= MAX_MESSAGES_KEPT).
             "MAX_QUEUED_MESSAGES": "1000000",
+            "MAX_MESSAGES_KEPT": "1000001",
+            "MAX_SESSION_BYTES": str(2**30),
             "RATE_LIMITS_ENABLED": "true" if limits else "false",
         }
         for route in RATE_LIMITED_ROUTES:

@@ -11,8 +11,10 @@ import logging
 import re
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
+import yaml
 from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -243,11 +245,25 @@ def create_app(settings: Settings, *, store: Store | None = None, kube: Kube | N
         body, status = readiness.report()
         return jsonify(body), status
 
+    description = openapi_description()
+
+    @app.get("/openapi.json")
+    def openapi() -> tuple[Response, int]:
+        return jsonify(description), 200
+
     @app.get("/livez")
     def livez() -> tuple[Response, int]:
         return jsonify({"status": "alive", "version": __version__}), 200
 
     return app
+
+
+OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.yaml"
+
+
+def openapi_description() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of every route (service/openapi.yaml)."""
+    return yaml.safe_load(OPENAPI_FILE.read_text())
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

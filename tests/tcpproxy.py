@@ -58,6 +58,8 @@ class TcpProxy:
                     time.sleep(0.2)  # hold everything: both sides wait on a silent peer
                     continue
                 readable, _, _ = select.select([a, b], [], [], 0.2)
+                if self.mode == "silent" or a in self._held:
+                    continue  # went silent while waiting: what arrived is held too
                 for sock in readable:
                     data = sock.recv(65536)
                     if not data:
