@@ -65,7 +65,7 @@ class TcpProxy:
                     if not data:
                         return
                     peers[sock].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: select() on a socket refuse() closed
             return
         finally:
             for sock in (a, b):

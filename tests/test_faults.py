@@ -186,6 +186,8 @@ def test_the_api_server_going_away_during_creates_and_deletes_leaves_nothing_uno
     records = {sid for page in store.iter_id_pages() for sid in page}
     assert set(owners) == records, (owners, records)
     assert answers.count(201) == len(records)
+    print(f"creates cut by the API server going away: {answers}; records {len(records)}, "
+          f"bundles {len(owners)}, objects without a record 0")
 
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning",
@@ -294,3 +296,24 @@ def test_redis_restarted_mid_traffic_loses_nothing_and_needs_no_restart(
     assert api.process.pid == api_pid and api.process.poll() is None  # no restart
     print(f"chats {len(answers)}: {dict(statuses)}; accepted {len(accepted)}, "
           f"delivered once each")
+
+
+def test_writes_racing_a_delete_do_not_bring_back_a_record(client, store):
+    """A sleep, wake, watch event or delivery that lands just after a delete must not
+    recreate the record as a key with no TTL (a zombie answering 500 on /status)."""
+    sid = create(client)
+    assert client.post(f"/session/{sid}/chat", json={"message": "x"},
+                       headers=KEY).status_code == 202
+    claim = store.claim_delivery(sid, lease_seconds=30)
+    store.delete_session(sid)
+    store.set_paused(sid, True)
+    store.set_status(sid, "running", from_cluster=True, replicas=1, ready_replicas=1)
+    store.touch(sid)
+    if claim is not None:
+        store.finish_delivery(sid, envelope=claim["envelope"], lease_token=claim["lease_token"],
+                              delivered=True, reply_or_error='{"reply": "late"}',
+                              max_attempts=5, retry_in_seconds=0)
+    leftovers = [key for key in store.redis.keys("sm:*") if sid in key]
+    assert leftovers == []
+    response = client.get(f"/session/{sid}/status", headers=KEY)
+    assert (response.status_code, response.get_json()["code"]) == (404, "session_not_found")
