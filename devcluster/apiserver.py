@@ -86,7 +86,9 @@ class KubeApiServer:
     """
 
     def __init__(self, workdir: Path, *, build: bool = True, spawner: Spawner | None = None,
-                 advertise: str | None = None, service_cidr: str = "10.0.0.0/24") -> None:
+                 advertise: str | None = None, service_cidr: str = "10.0.0.0/16") -> None:
+        # Alone, no node routes or serves these addresses: the range only has to hold every
+        # session Service one test run creates (a /24 filled up at 254).
         self.binary = paths.kube_apiserver(build_missing=build)
         self.etcd_binary = paths.system_binary("etcd", "etcd-server")
         self.workdir = workdir

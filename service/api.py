@@ -39,6 +39,7 @@ from .ratelimit import RateLimiter
 from .readiness import Readiness
 from .sessions import Result, Sessions, check_templates
 from .store import Store
+from .waiting import requested_wait
 
 log = logging.getLogger("service.api")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -203,7 +204,15 @@ def create_app(settings: Settings, *, store: Store | None = None, kube: Kube | N
     def chat(session_id: str) -> tuple[Response, int]:
         session_route("chat", session_id)
         body = json_body()
-        return respond(sessions.chat(session_id, body.get("message"), body.get("message_id")))
+        wait = requested_wait(request.headers.getlist("Prefer"))
+        if wait is not None:
+            wait = min(wait, settings.max_wait_seconds)
+        result = sessions.chat(session_id, body.get("message"), body.get("message_id"),
+                               wait_seconds=wait or 0)
+        response, status = respond(result)
+        if wait is not None:
+            response.headers["Preference-Applied"] = f"wait={wait}"
+        return response, status
 
     @app.get("/session/<session_id>/messages")
     def messages(session_id: str) -> tuple[Response, int]:

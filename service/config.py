@@ -107,6 +107,9 @@ class Settings:
     web_concurrency: int | None = None
     web_connections: int = 1000
     max_forwards: int = 200
+    # The longest a chat is held for its reply (`Prefer: wait=N` is capped to it). A stopping
+    # API process answers what it holds at once (202), so this may exceed the graceful timeout.
+    max_wait_seconds: int = 30
 
     @property
     def activity_ttl_seconds(self) -> int:
@@ -239,6 +242,8 @@ class Settings:
             web_connections=read.number("WEB_CONNECTIONS", defaults.web_connections,
                                         minimum=10),
             max_forwards=read.number("MAX_FORWARDS", defaults.max_forwards, minimum=0),
+            max_wait_seconds=read.number("MAX_WAIT_SECONDS", defaults.max_wait_seconds,
+                                         minimum=0, maximum=300),
         )
         settings = cls(**values)
         settings.check()

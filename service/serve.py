@@ -22,10 +22,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import gevent
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.ggevent import GeventWorker
 
+from . import waiting
 from .config import Settings
 
 # What gunicorn's own refusals become: (status, code, message). Fixed messages: gunicorn's
@@ -58,12 +60,17 @@ def _write_json_error(sock: Any, status_int: int, _reason: str, _mesg: str) -> N
 
 
 class ApiWorker(GeventWorker):
-    """gunicorn's gevent worker, its own error pages JSON."""
+    """gunicorn's gevent worker, its own error pages JSON, and held chats answered (202)
+    when it is told to stop instead of being cut at the graceful timeout."""
 
     def init_process(self) -> None:
         # Worker.handle_error writes every refusal through gunicorn.util.write_error.
         gunicorn_util.write_error = _write_json_error
         super().init_process()
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        gevent.spawn(waiting.release_all)  # not in the signal handler itself
+        super().handle_exit(sig, frame)
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:

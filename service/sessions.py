@@ -33,6 +33,7 @@ from .errors import (
 from .kube import Kube
 from .pods import PodClient, PodError
 from .store import ACTIVE_STATUSES, STATUSES, Store, hash_token, iso, keda_keys, utc_now
+from .waiting import ReplyWaiter
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class Sessions:
         self.store = store
         self.kube = kube
         self.pods = pods or PodClient(settings, address_of=store.pod_address)
+        self.waiter = ReplyWaiter(store, max_kept=settings.max_messages_kept)
         # Chats waiting on pods in this process (MAX_FORWARDS); past it, the worker delivers.
         self._forward_slots = threading.BoundedSemaphore(settings.max_forwards) \
             if settings.max_forwards else None
@@ -224,7 +226,10 @@ class Sessions:
 
     # -- chat ----------------------------------------------------------------------------
 
-    def chat(self, session_id: str, message: Any, message_id: Any = None) -> Result:
+    def chat(self, session_id: str, message: Any, message_id: Any = None, *,
+             wait_seconds: int = 0) -> Result:
+        """Admit a message; answered by the pod at once when it is running (200), else kept
+        for it (202) — or, with wait_seconds, held until its reply for that long."""
         if not isinstance(message, str) or not message.strip():
             raise InvalidField("message must be a non-empty string")
         if len(message) > self.settings.max_message_chars:
@@ -246,7 +251,7 @@ class Sessions:
                 budget_bytes=self.settings.max_session_bytes,
             )
             if mode == "forward":
-                return self._forward(session_id, message, message_id, info)
+                return self._forward(session_id, message, message_id, info, wait_seconds)
         finally:
             if slot:
                 self._forward_slots.release()  # type: ignore[union-attr]
@@ -264,18 +269,33 @@ class Sessions:
                 f"(MAX_SESSION_BYTES={self.settings.max_session_bytes}); retry once they are "
                 "delivered", limit=self.settings.max_session_bytes, retry_after_seconds=5)
         if mode == "duplicate":
-            return self._replay(session_id, message, message_id, info)
+            return self._replay(session_id, message, message_id, info, wait_seconds)
         # Slept (flag) or asleep as the cluster says: the unpause is sent either way, so a
         # flag that drifted from the annotation cannot keep the session from waking.
         if mode == "queued" and (info["paused"] or info["status"] == "sleeping"):
             self._resume_for_chat(session_id)
+        return self._when_settled(session_id, message_id, info["seq"], wait_seconds)
+
+    def _when_settled(self, session_id: str, message_id: str, seq: int,
+                      wait_seconds: int) -> Result:
+        """The message's outcome if it comes within wait_seconds (a held chat), else 202."""
+        if wait_seconds > 0:
+            settled = self.waiter.wait(session_id, seq, wait_seconds)
+            if settled is not None and settled.get("state") == "delivered":
+                return Result(200, {"uuid": session_id, "status": "processed",
+                                    "message_id": message_id,
+                                    "pod_response": settled.get("reply")})
+            if settled is not None and settled.get("state") == "failed":
+                return Result(200, {"uuid": session_id, "status": "failed",
+                                    "message_id": message_id, "error": settled.get("error")})
         return self._queued(session_id, message_id)
 
     def _queued(self, session_id: str, message_id: str) -> Result:
         return Result(202, {"uuid": session_id, "status": "queued", "message_id": message_id,
                             "message": QUEUED_MESSAGE})
 
-    def _forward(self, session_id: str, message: str, message_id: str, info: dict) -> Result:
+    def _forward(self, session_id: str, message: str, message_id: str, info: dict,
+                 wait_seconds: int = 0) -> Result:
         try:
             reply = self.pods.chat(session_id, message, message_id)
         except PodError as err:
@@ -291,7 +311,7 @@ class Sessions:
             if stored.get("state") == "failed":
                 return Result(200, {"uuid": session_id, "status": "failed",
                                     "message_id": message_id, "error": stored.get("error")})
-            return self._queued(session_id, message_id)
+            return self._when_settled(session_id, message_id, info["seq"], wait_seconds)
         settle = functools.partial(
             self.store.finish_delivery, session_id, envelope=info["envelope"],
             lease_token=info["lease_token"], delivered=True, reply_or_error=json.dumps(reply),
@@ -318,7 +338,8 @@ class Sessions:
             log.warning("reply still not recorded; the worker will redeliver after the lease",
                         extra={"session_id": session_id})
 
-    def _replay(self, session_id: str, message: str, message_id: str, info: dict) -> Result:
+    def _replay(self, session_id: str, message: str, message_id: str, info: dict,
+                wait_seconds: int = 0) -> Result:
         """The same message_id again: report what happened to it, deliver nothing twice.
         With another text it is a different message under a reused id: 409, as a reused
         Idempotency-Key is (the old reply would otherwise pass for this message's)."""
@@ -336,7 +357,7 @@ class Sessions:
                                 "error": stored.get("error")})
         if info.get("status") == "sleeping":  # still waiting: the retry also resumes
             self._resume_for_chat(session_id)
-        return self._queued(session_id, message_id)
+        return self._when_settled(session_id, message_id, seq, wait_seconds)
 
     def messages(self, session_id: str, *, after: int, limit: int) -> Result:
         messages, next_cursor = self.store.list_messages(

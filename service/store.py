@@ -39,6 +39,9 @@ SETTLE_RETRY_SECONDS = 0.5  # how often an outcome is offered again while Redis 
 # Pub/sub channel: a session id is published when it gets work (a chat, a wake), so the push
 # scaler can tell KEDA at once. Best effort by nature; KEDA's polling IsActive backs it up.
 WORK_CHANNEL = _P + "work"
+# Pub/sub channel: `<session id>:<seq>` when a message is settled, so a chat held with
+# `Prefer: wait` returns at once. Best effort too: a waiter also re-reads the message.
+SETTLED_CHANNEL = _P + "settled"
 ACTIVE_MEMBER = "active"  # the work set's "recently active" member
 # What a /sessions page shows of each record (reading only these keeps pages cheap).
 LISTED_FIELDS = ("user_id", "status", "created_at", "last_activity")
@@ -280,9 +283,17 @@ class Store:
         """Session ids as they get work (a chat, a wake), from any process; first None, once
         subscribed: anything published before may have been missed. Ends when `stop` is set;
         raises RedisUnavailable when the subscription breaks."""
+        return self.notifications(WORK_CHANNEL, stop)
+
+    def settled_notifications(self, stop: Any) -> Iterator[str | None]:
+        """`<session id>:<seq>` as messages are settled (delivered or failed), from any
+        process; otherwise as work_notifications."""
+        return self.notifications(SETTLED_CHANNEL, stop)
+
+    def notifications(self, channel: str, stop: Any) -> Iterator[str | None]:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
-            pubsub.subscribe(WORK_CHANNEL)
+            pubsub.subscribe(channel)
             yield None
             while not stop.is_set():
                 message = pubsub.get_message(timeout=1.0)
@@ -504,7 +515,8 @@ class Store:
              reply_or_error, iso(moment), now, max_attempts,
              now + int(retry_in_seconds * 1000), self.session_ttl,
              int(moment.timestamp()) + self.session_ttl, self.activity_ttl,
-             "forwarded" if forwarded else "", budget_bytes, "1" if not_sent else "0"],
+             "forwarded" if forwarded else "", budget_bytes, "1" if not_sent else "0",
+             SETTLED_CHANNEL],
         )
         return json.loads(stored) if stored else {}
 
@@ -521,6 +533,11 @@ class Store:
         except UNAVAILABLE as err:
             raise unavailable(err) from err
         return int(queued) + int(inflight)
+
+    def message(self, session_id: str, seq: int, *, max_kept: int) -> dict | None:
+        """One message of the conversation with its reply; None once trimmed or deleted."""
+        messages, _ = self.list_messages(session_id, after=seq - 1, limit=1, max_kept=max_kept)
+        return messages[0] if messages and messages[0].get("seq") == seq else None
 
     def list_messages(self, session_id: str, *, after: int, limit: int,
                       max_kept: int) -> tuple[list[dict], int | None]:

@@ -12,7 +12,8 @@
 -- ARGV: id, envelope, lease_token, outcome ('delivered'|'failed'), reply_json_or_error,
 --       now_iso, now_ms, max_attempts, retry_at_ms, ttl_seconds, expires_at,
 --       activity_ttl_seconds, extra_counter ('' or a stats field to count a delivery under),
---       budget_bytes (0: none), not_sent ('1': the request never reached the pod)
+--       budget_bytes (0: none), not_sent ('1': the request never reached the pod),
+--       settled_channel (told '<id>:<seq>' once the message is delivered or failed)
 local seq = cjson.decode(ARGV[2])['seq']
 local stored = redis.call('HGET', KEYS[4], seq)
 local retry_at = tonumber(ARGV[7])
@@ -88,6 +89,7 @@ local message = redis.call('HGET', KEYS[4], seq)
 local state = message and cjson.decode(message)['state']
 if not message or state == 'delivered' or state == 'failed' then
   redis.call('SREM', KEYS[9], 'm:' .. seq)
+  redis.call('PUBLISH', ARGV[16], ARGV[1] .. ':' .. seq)
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if ARGV[4] == 'delivered' then redis.call('SADD', KEYS[9], 'active') end
