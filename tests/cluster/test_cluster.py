@@ -49,7 +49,10 @@ def test_a_created_session_runs_a_real_pod_that_answers(make_api, make_worker, s
         assert pod["status"]["phase"] == "Running"
         [container] = pod["status"]["containerStatuses"]
         assert container["ready"] and container["image"].endswith(settings.user_pod_image)
-        assert view.ready_endpoints(session_id) == [pod["status"]["podIP"]]
+        # The EndpointSlice follows the pod's readiness a moment later (the endpoint
+        # controller), so a status of `running` can come first.
+        wait_until(lambda: view.ready_endpoints(session_id) == [pod["status"]["podIP"]],
+                   timeout=15, what="the Service's ready endpoint to be the pod")
 
         code, body = api.chat(session_id, "hello from a test", message_id="m-1")
         assert code == 200, body
