@@ -20,6 +20,13 @@ def kept_bytes(store, session_id: str) -> int:
     return sum(store.redis.hstrlen(key, field) for field in store.redis.hkeys(key))
 
 
+def make_running(api, kube, worker, session_id: str) -> None:
+    """Its pod ready, as the real status watch records it."""
+    with watching_status(worker):
+        mark_deployment_ready(kube, session_id)
+        wait_for(lambda: api.status(session_id)["status"] == "running", what="running")
+
+
 def states(api, session_id: str) -> list[str]:
     return [m["state"] for m in api.messages(session_id)]
 
@@ -40,9 +47,7 @@ def test_a_conversation_keeps_within_its_byte_budget_and_never_drops_undelivered
     assert states(api, session_id) == ["queued"] * admitted  # nothing dropped to make room
 
     worker = make_worker(settings)
-    with watching_status(worker):
-        mark_deployment_ready(kube, session_id)
-        wait_for(lambda: api.status(session_id)["status"] == "running", what="running")
+    make_running(api, kube, worker, session_id)
     worker.deliver_due()
     wait_for(lambda: not worker._draining and store.due_sessions() == [], timeout=30,
              what="the deliveries")
@@ -66,9 +71,7 @@ def test_a_reply_past_max_reply_bytes_fails_its_message_at_once(
     api = make_api(settings)
     session_id = api.create()
     worker = make_worker(settings)
-    with watching_status(worker):
-        mark_deployment_ready(kube, session_id)
-        wait_for(lambda: api.status(session_id)["status"] == "running", what="running")
+    make_running(api, kube, worker, session_id)
     code, body = api.chat(session_id, "y" * 4500, "big")  # the echo is over 4,096 bytes
     assert (code, body["status"]) == (200, "failed")
     assert "MAX_REPLY_BYTES" in body["error"]
@@ -87,9 +90,7 @@ def test_connection_refused_right_after_a_wake_does_not_burn_attempts(
     api = make_api(settings)
     session_id = api.create()
     worker = make_worker(settings)
-    with watching_status(worker):
-        mark_deployment_ready(kube, session_id)
-        wait_for(lambda: api.status(session_id)["status"] == "running", what="running")
+    make_running(api, kube, worker, session_id)
     assert api.chat(session_id, "hello", "m-1")[1]["status"] == "queued"  # refused
     for _ in range(8):  # 4 s of refused connections: two counted attempts would fail it
         worker.deliver_due()
