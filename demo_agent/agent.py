@@ -12,6 +12,12 @@ Environment: PORT (default 1111), AGENT_HOST (default 0.0.0.0), SESSION_ID,
 AGENT_DELAY_SECONDS (time spent "thinking"), AGENT_STATE_FILE. A message starting with "fail:"
 answers 500, to exercise retries; one starting with "slow:N " thinks N more seconds (at most
 120), to play a slow LLM agent.
+
+Streaming mode (AGENT_STREAM=1, when the request accepts text/event-stream): the reply is
+written word by word as `chunk` events, AGENT_STREAM_DELAY_SECONDS (default 0.05) apart, then
+one `reply` event with the JSON reply, as an LLM agent streams tokens. A message starting with
+"cut:" has its first stream cut after half its words (the connection closed with no final
+reply), to exercise a delivery cut mid-stream; the next attempt streams it whole.
 """
 
 from __future__ import annotations
@@ -81,6 +87,9 @@ class Handler(BaseHTTPRequestHandler):
     state: AgentState
     delay_seconds = 0.0
     session_id = ""
+    stream = False
+    stream_delay_seconds = 0.05
+    cut_once: set[str] = set()  # message keys whose first stream was cut already
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # one line per request would drown the test output
@@ -134,8 +143,35 @@ class Handler(BaseHTTPRequestHandler):
             return
         reply = {"reply": f"echo: {message}", "message_id": message_id,
                  "session_id": session_id, "pid": os.getpid()}
+        if self.stream and "text/event-stream" in self.headers.get("Accept", ""):
+            if not self._stream(key, reply):
+                return  # cut on purpose: nothing remembered, the next attempt streams again
+        else:
+            self._send(200, reply)
         self.state.remember(key, reply)
-        self._send(200, reply)
+
+    def _stream(self, key: str, reply: dict) -> bool:
+        """Write the reply word by word; False when this stream was cut on purpose."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()  # HTTP/1.0: the body ends when the connection closes
+        words = reply["reply"].split(" ")
+        cut_after = None
+        if reply["reply"].startswith("echo: cut:") and key not in self.cut_once:
+            self.cut_once.add(key)
+            cut_after = max(1, len(words) // 2)
+        for index, word in enumerate(words):
+            if cut_after is not None and index == cut_after:
+                self.close_connection = True
+                return False
+            text = word if index == 0 else " " + word
+            self.wfile.write(f"event: chunk\ndata: {json.dumps({'text': text})}\n\n".encode())
+            self.wfile.flush()
+            time.sleep(self.stream_delay_seconds)
+        self.wfile.write(f"event: reply\ndata: {json.dumps(reply)}\n\n".encode())
+        self.wfile.flush()
+        return True
 
 
 def main() -> None:
@@ -143,6 +179,8 @@ def main() -> None:
     Handler.state = AgentState(os.environ.get("AGENT_STATE_FILE") or None)
     Handler.delay_seconds = float(os.environ.get("AGENT_DELAY_SECONDS") or 0)
     Handler.session_id = os.environ.get("SESSION_ID", "")
+    Handler.stream = os.environ.get("AGENT_STREAM", "").lower() in ("1", "true", "yes")
+    Handler.stream_delay_seconds = float(os.environ.get("AGENT_STREAM_DELAY_SECONDS") or 0.05)
     host = os.environ.get("AGENT_HOST") or "0.0.0.0"  # noqa: S104 - a pod serves its IP
     server = Server((host, port), Handler)
     # PID 1 in a container has no default SIGTERM action: without a handler a scaled-down pod

@@ -95,7 +95,8 @@ def _worker(settings: Settings) -> int:
     store = Store.from_url(
         settings.redis_url, socket_timeout_seconds=settings.redis_socket_timeout_seconds,
         session_ttl_seconds=settings.session_ttl_seconds,
-        activity_ttl_seconds=settings.activity_ttl_seconds)
+        activity_ttl_seconds=settings.activity_ttl_seconds,
+        events_kept=settings.max_events_kept)
     worker = Worker(settings, store, Kube.from_environment(settings.namespace))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request, send_from_directory
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import __version__, logs, names
+from . import __version__, logs, names, sse
 from .auth import Authenticator
 from .config import Settings
 from .errors import (
@@ -32,6 +32,7 @@ from .errors import (
     SessionNotFound,
     UnsupportedMediaType,
 )
+from .events import EventStreams, resume_point
 from .kube import Kube
 from .metrics import StoreCollector
 from .pods import PodClient
@@ -55,9 +56,11 @@ def create_app(settings: Settings, *, store: Store | None = None, kube: Kube | N
     store = store or Store.from_url(
         settings.redis_url, socket_timeout_seconds=settings.redis_socket_timeout_seconds,
         session_ttl_seconds=settings.session_ttl_seconds,
-        activity_ttl_seconds=settings.activity_ttl_seconds)
+        activity_ttl_seconds=settings.activity_ttl_seconds,
+        events_kept=settings.max_events_kept)
     kube = kube or Kube.from_environment(settings.namespace)
     sessions = Sessions(settings, store, kube, pods)
+    streams = EventStreams(settings, store, sessions.notices)
     auth = Authenticator(settings.api_keys, disabled=settings.auth_disabled)
     limiter = RateLimiter(settings.redis_url, dict(settings.rate_limits),
                           enabled=settings.rate_limits_enabled,
@@ -65,7 +68,7 @@ def create_app(settings: Settings, *, store: Store | None = None, kube: Kube | N
     registry = CollectorRegistry()
     registry.register(StoreCollector(store))
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # /ui serves the chat page, when enabled
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     # No redirects to a "canonical" path (// merged, a trailing / added): their bodies are
@@ -74,7 +77,8 @@ def create_app(settings: Settings, *, store: Store | None = None, kube: Kube | N
     app.url_map.strict_slashes = False
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
-    app.extensions["session_manager"] = {"sessions": sessions, "store": store, "kube": kube}
+    app.extensions["session_manager"] = {"sessions": sessions, "store": store, "kube": kube,
+                                         "streams": streams}
 
     # -- request bookkeeping -------------------------------------------------------------
 
@@ -223,6 +227,15 @@ def create_app(settings: Settings, *, store: Store | None = None, kube: Kube | N
         limit = query_int("limit", 50, 1, 500)
         return respond(sessions.messages(session_id, after=after or 0, limit=limit or 50))
 
+    @app.get("/session/<session_id>/events")
+    def events(session_id: str) -> Response:
+        session_route("events", session_id)
+        after = resume_point(request.headers.get("Last-Event-ID"), request.args.get("after"))
+        stream = streams.open(session_id, after)
+        # No buffering anywhere on the way: a proxy that buffers holds every chunk back.
+        return Response(stream, status=200, content_type=sse.CONTENT_TYPE,
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
     @app.delete("/session/<session_id>")
     def delete(session_id: str) -> tuple[Response, int]:
         session_route("delete", session_id)
@@ -260,6 +273,18 @@ def create_app(settings: Settings, *, store: Store | None = None, kube: Kube | N
     def openapi() -> tuple[Response, int]:
         return jsonify(description), 200
 
+    @app.get("/ui")
+    @app.get("/ui/<asset>")
+    def chat_page(asset: str = "index.html") -> Response:
+        if not settings.chat_page_enabled or asset not in CHAT_PAGE_ASSETS:
+            raise NotFound()
+        response = send_from_directory(CHAT_PAGE_DIR, asset, max_age=0)
+        # The page runs its own script only and talks to this origin only.
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
     @app.get("/livez")
     def livez() -> tuple[Response, int]:
         return jsonify({"status": "alive", "version": __version__}), 200
@@ -268,6 +293,8 @@ def create_app(settings: Settings, *, store: Store | None = None, kube: Kube | N
 
 
 OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.yaml"
+CHAT_PAGE_DIR = Path(__file__).resolve().parent / "static"
+CHAT_PAGE_ASSETS = ("index.html", "app.js", "app.css")
 
 
 def openapi_description() -> dict[str, Any]:

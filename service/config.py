@@ -25,7 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SCALER_MODES = {"push": "external-push", "redis": "redis"}  # mode -> KEDA trigger type
 TEMPLATES_OF_MODE = {"push": REPO_ROOT / "templates", "redis": REPO_ROOT / "templates-redis"}
 
-RATE_LIMITED_ROUTES = ("create", "wake", "sleep", "status", "chat", "delete", "messages")
+RATE_LIMITED_ROUTES = ("create", "wake", "sleep", "status", "chat", "delete", "messages",
+                       "events")
 DEFAULT_RATE_LIMITS = {
     "create": "100/minute",
     "wake": "50/minute",
@@ -34,6 +35,7 @@ DEFAULT_RATE_LIMITS = {
     "chat": "100/minute",
     "delete": "50/minute",
     "messages": "200/minute",
+    "events": "60/minute",  # stream opens: a client reconnects every EVENT_STREAM_MAX_SECONDS
 }
 
 
@@ -105,8 +107,19 @@ class Settings:
     # once (gevent: a waiting request costs a greenlet, not a thread), and how many of those
     # may be chats forwarded straight to a pod; beyond that a chat is queued for the worker.
     web_concurrency: int | None = None
-    web_connections: int = 1000
+    web_connections: int = 2000
     max_forwards: int = 200
+    # /events: open streams per process and per session (any replica), a comment every
+    # heartbeat (keeps proxies from cutting an idle stream; a client that left is noticed),
+    # a stream's longest life (its client resumes with Last-Event-ID: load spreads again
+    # after a scale-out), and the events each session's log keeps.
+    max_event_streams: int = 1000
+    max_event_streams_per_session: int = 5
+    events_heartbeat_seconds: float = 15.0
+    event_stream_max_seconds: int = 300
+    max_events_kept: int = 1000
+    # The small chat page at /ui (a demo of the public API; `make run` turns it on).
+    chat_page_enabled: bool = False
     # The longest a chat is held for its reply (`Prefer: wait=N` is capped to it). A stopping
     # API process answers what it holds at once (202), so this may exceed the graceful timeout.
     max_wait_seconds: int = 30
@@ -242,6 +255,19 @@ class Settings:
             web_connections=read.number("WEB_CONNECTIONS", defaults.web_connections,
                                         minimum=10),
             max_forwards=read.number("MAX_FORWARDS", defaults.max_forwards, minimum=0),
+            max_event_streams=read.number("MAX_EVENT_STREAMS", defaults.max_event_streams,
+                                          minimum=0),
+            max_event_streams_per_session=read.number(
+                "MAX_EVENT_STREAMS_PER_SESSION", defaults.max_event_streams_per_session,
+                minimum=1, maximum=100),
+            events_heartbeat_seconds=read.number(
+                "EVENTS_HEARTBEAT_SECONDS", defaults.events_heartbeat_seconds, float,
+                minimum=0.1, maximum=300),
+            event_stream_max_seconds=read.number(
+                "EVENT_STREAM_MAX_SECONDS", defaults.event_stream_max_seconds, minimum=1),
+            max_events_kept=read.number("MAX_EVENTS_KEPT", defaults.max_events_kept,
+                                        minimum=10),
+            chat_page_enabled=read.flag("CHAT_PAGE_ENABLED", False),
             max_wait_seconds=read.number("MAX_WAIT_SECONDS", defaults.max_wait_seconds,
                                          minimum=0, maximum=300),
         )
@@ -271,10 +297,11 @@ class Settings:
                 f"least two exchanges of MAX_MESSAGE_CHARS x 4 bytes + MAX_REPLY_BYTES "
                 f"({2 * exchange} bytes)"
             )
-        if self.max_forwards >= self.web_connections:
+        if self.max_forwards + self.max_event_streams >= self.web_connections:
             raise ConfigError(
-                "MAX_FORWARDS must be smaller than WEB_CONNECTIONS "
-                f"({self.max_forwards} >= {self.web_connections}): chats waiting on pods "
+                "MAX_FORWARDS + MAX_EVENT_STREAMS must be smaller than WEB_CONNECTIONS "
+                f"({self.max_forwards} + {self.max_event_streams} >= "
+                f"{self.web_connections}): chats waiting on pods and open event streams "
                 "must leave connections for health probes and other routes"
             )
         if self.keda_cooldown_period_seconds >= self.idle_timeout_seconds:

@@ -123,6 +123,11 @@ class SessionStorageFull(RateLimited):
     default_message = "This session's conversation is at its storage budget"
 
 
+class TooManyStreams(RateLimited):
+    code = "too_many_streams"
+    default_message = "Too many open event streams"
+
+
 class Unavailable(SessionManagerError):
     status = 503
     code = "unavailable"

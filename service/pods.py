@@ -1,15 +1,22 @@
-"""The session pod contract's client side: POST /chat to the session's pod (SPEC §7)."""
+"""The session pod contract's client side: POST /chat to the session's pod (SPEC §7).
+
+A pod answers with JSON, or with `text/event-stream`: `chunk` events (`{"text": ...}`) as it
+writes, then one `reply` event holding the JSON reply. The chunks go to `on_chunk` as they
+arrive; a stream that ends before its `reply` was cut, and is an error like any other (the
+message is delivered again under the same message_id).
+"""
 
 from __future__ import annotations
 
+import codecs
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import requests
 import urllib3
 
-from . import names
+from . import names, sse
 from .config import Settings
 
 
@@ -45,8 +52,10 @@ class PodClient:
             session_id=session_id, port=self.settings.user_pod_port, pod_ip=pod_ip,
         )
 
-    def chat(self, session_id: str, message: str, message_id: str) -> dict:
-        """The pod's JSON reply; raises PodError when it cannot be had.
+    def chat(self, session_id: str, message: str, message_id: str,
+             on_chunk: Callable[[str], None] | None = None) -> dict:
+        """The pod's JSON reply (the final one of a streamed answer); raises PodError when it
+        cannot be had.
 
         POD_TIMEOUT_SECONDS is a deadline for the whole exchange, not per socket read: each
         read may wait only for what is left of it, so a pod that trickles its body cannot
@@ -58,6 +67,7 @@ class PodClient:
             response = self.http.post(
                 url.rstrip("/") + "/chat",
                 json={"message": message, "message_id": message_id, "session_id": session_id},
+                headers={"Accept": f"application/json, {sse.CONTENT_TYPE}"},
                 timeout=timeout, stream=True,
             )
         except requests.RequestException as err:
@@ -67,13 +77,11 @@ class PodClient:
             if response.status_code >= 300:
                 raise PodError(f"pod answered HTTP {response.status_code}")
             body = _read_before(response, deadline, self.settings.max_reply_bytes)
+            if response.headers.get("Content-Type", "").startswith(sse.CONTENT_TYPE):
+                return _streamed_reply(body, on_chunk)
+            return _json_reply(b"".join(body))
         finally:
             response.close()
-        try:
-            reply = json.loads(body)
-        except ValueError as err:
-            raise PodError("pod answered with a body that is not JSON") from err
-        return reply if isinstance(reply, dict) else {"reply": reply}
 
 
 class PodError(Exception):
@@ -96,11 +104,52 @@ def _never_sent(err: requests.RequestException) -> bool:
         err.args[0] if err.args else None, urllib3.exceptions.NewConnectionError)
 
 
-def _read_before(response: requests.Response, deadline: float, max_bytes: int) -> bytes:
-    """The body, read while time is left (the socket's timeout shrinks before every read) and
-    while it fits MAX_REPLY_BYTES."""
+def _json_reply(body: bytes) -> dict:
+    try:
+        reply = json.loads(body)
+    except ValueError as err:
+        raise PodError("pod answered with a body that is not JSON") from err
+    return reply if isinstance(reply, dict) else {"reply": reply}
+
+
+def _streamed_reply(body: Iterator[bytes], on_chunk: Callable[[str], None] | None) -> dict:
+    for frame in sse.parse(_lines(body)):
+        if frame.event == "chunk":
+            if on_chunk is not None:
+                on_chunk(_chunk_text(frame.data))
+        elif frame.event == "reply":
+            return _json_reply(frame.data.encode())
+        elif frame.event == "error":
+            raise PodError(f"pod reported an error: {frame.data[:200]}")
+    raise PodError("pod answer cut: the stream ended before its final reply")
+
+
+def _chunk_text(data: str) -> str:
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return data  # a bare text chunk
+    return parsed.get("text", "") if isinstance(parsed, dict) else str(parsed)
+
+
+def _lines(body: Iterator[bytes]) -> Iterator[str]:
+    """Decoded lines (CRLF, LF or CR ends) as the bytes arrive."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = ""
+    for chunk in body:
+        pending += decoder.decode(chunk)
+        *complete, pending = pending.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        yield from complete
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        yield pending
+
+
+def _read_before(response: requests.Response, deadline: float,
+                 max_bytes: int) -> Iterator[bytes]:
+    """The body as it arrives, read while time is left (the socket's timeout shrinks before
+    every read) and while it fits MAX_REPLY_BYTES."""
     sock = getattr(getattr(response.raw, "connection", None), "sock", None)
-    chunks = []
     size = 0
     try:
         while True:
@@ -111,12 +160,12 @@ def _read_before(response: requests.Response, deadline: float, max_bytes: int) -
                 sock.settimeout(remaining)
             chunk = response.raw.read1(65536)
             if not chunk:
-                return b"".join(chunks)
+                return
             size += len(chunk)
             if size > max_bytes:
                 raise PodError(f"pod reply larger than MAX_REPLY_BYTES ({max_bytes} bytes)",
                                permanent=True)
-            chunks.append(chunk)
+            yield chunk
     except (urllib3.exceptions.HTTPError, OSError) as err:
         if time.monotonic() >= deadline:
             raise PodError("pod did not answer within POD_TIMEOUT_SECONDS") from err

@@ -27,7 +27,7 @@ from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.ggevent import GeventWorker
 
-from . import waiting
+from . import notices
 from .config import Settings
 
 # What gunicorn's own refusals become: (status, code, message). Fixed messages: gunicorn's
@@ -60,8 +60,9 @@ def _write_json_error(sock: Any, status_int: int, _reason: str, _mesg: str) -> N
 
 
 class ApiWorker(GeventWorker):
-    """gunicorn's gevent worker, its own error pages JSON, and held chats answered (202)
-    when it is told to stop instead of being cut at the graceful timeout."""
+    """gunicorn's gevent worker, its own error pages JSON, held chats answered (202) and event
+    streams ended (their clients resume elsewhere) when it is told to stop, instead of being
+    cut at the graceful timeout."""
 
     def init_process(self) -> None:
         # Worker.handle_error writes every refusal through gunicorn.util.write_error.
@@ -69,7 +70,7 @@ class ApiWorker(GeventWorker):
         super().init_process()
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        gevent.spawn(waiting.release_all)  # not in the signal handler itself
+        gevent.spawn(notices.release_all)  # not in the signal handler itself
         super().handle_exit(sig, frame)
 
 

@@ -31,7 +31,9 @@ from .errors import (
     Unavailable,
 )
 from .kube import Kube
+from .notices import Notices
 from .pods import PodClient, PodError
+from .relay import ChunkRelay
 from .store import ACTIVE_STATUSES, STATUSES, Store, hash_token, iso, keda_keys, utc_now
 from .waiting import ReplyWaiter
 
@@ -76,7 +78,8 @@ class Sessions:
         self.store = store
         self.kube = kube
         self.pods = pods or PodClient(settings, address_of=store.pod_address)
-        self.waiter = ReplyWaiter(store, max_kept=settings.max_messages_kept)
+        self.notices = Notices(store)  # held chats and event streams wake on its notices
+        self.waiter = ReplyWaiter(store, self.notices, max_kept=settings.max_messages_kept)
         # Chats waiting on pods in this process (MAX_FORWARDS); past it, the worker delivers.
         self._forward_slots = threading.BoundedSemaphore(settings.max_forwards) \
             if settings.max_forwards else None
@@ -296,8 +299,10 @@ class Sessions:
 
     def _forward(self, session_id: str, message: str, message_id: str, info: dict,
                  wait_seconds: int = 0) -> Result:
+        relay = ChunkRelay(self.store, session_id, seq=info["seq"], message_id=message_id,
+                           attempt=1, lease_token=info["lease_token"])
         try:
-            reply = self.pods.chat(session_id, message, message_id)
+            reply = self.pods.chat(session_id, message, message_id, on_chunk=relay)
         except PodError as err:
             # Not lost: unless it can never succeed, it stays in flight for the worker, which
             # retries with backoff (at once, without counting, if it never reached the pod).

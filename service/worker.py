@@ -26,6 +26,7 @@ from .health import HealthServer, Heartbeats
 from .kube import DEPLOYMENT_KIND, WATCH_READ_MARGIN_SECONDS, WATCHED_KINDS, Kube
 from .pods import PodClient, PodError
 from .reconciler import Reconciler
+from .relay import ChunkRelay
 from .scaler import ScalerServer
 from .status import StatusTracker
 from .store import Store
@@ -108,8 +109,13 @@ class Worker:
         message = claim["message"]
         # No touch needed: the message stays in the session's work set until it is settled,
         # so no scaler takes the pod away under the delivery.
+        relay = ChunkRelay(self.store, session_id, seq=int(message["seq"]),
+                           message_id=message["message_id"],
+                           attempt=int(message.get("attempts") or 1),
+                           lease_token=claim["lease_token"])
         try:
-            reply = self.pods.chat(session_id, message["message"], message["message_id"])
+            reply = self.pods.chat(session_id, message["message"], message["message_id"],
+                                   on_chunk=relay)
         except PodError as err:
             attempts = int(message.get("attempts") or 1)
             backoff = min(MAX_BACKOFF_SECONDS,

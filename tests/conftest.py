@@ -105,10 +105,13 @@ def store(settings: Settings, redis_server: local.RedisServer) -> store_module.S
 class DemoAgent:
     """The repo's demo agent as a real process on a random loopback port."""
 
-    def __init__(self, workdir: Path, *, delay_seconds: float = 0) -> None:
+    def __init__(self, workdir: Path, *, delay_seconds: float = 0, stream: bool = False,
+                 stream_delay_seconds: float = 0.05) -> None:
         self.port = local.free_port()
         self.state_file = workdir / "agent-state.json"
         self.delay_seconds = delay_seconds
+        self.stream = stream
+        self.stream_delay_seconds = stream_delay_seconds
         self.process: subprocess.Popen | None = None
 
     @property
@@ -118,7 +121,9 @@ class DemoAgent:
     def start(self) -> DemoAgent:
         env = {**os.environ, "PORT": str(self.port), "AGENT_HOST": "127.0.0.1",
                "AGENT_STATE_FILE": str(self.state_file),
-               "AGENT_DELAY_SECONDS": str(self.delay_seconds)}
+               "AGENT_DELAY_SECONDS": str(self.delay_seconds),
+               "AGENT_STREAM": "1" if self.stream else "",
+               "AGENT_STREAM_DELAY_SECONDS": str(self.stream_delay_seconds)}
         self.process = subprocess.Popen(
             [sys.executable, str(REPO_ROOT / "demo_agent" / "agent.py")], env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

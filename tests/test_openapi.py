@@ -54,7 +54,8 @@ CHECKS = [not_a_server_error_but_503, status_code_conformance, content_type_conf
 def test_every_operation_answers_as_described(settings, store, kube):
     """schemathesis' strategies driven by hypothesis directly (its pytest plugin predates
     pytest 9): every operation, generated input, each answer validated."""
-    app = create_app(settings.replace(rate_limits_enabled=False, max_wait_seconds=1),
+    app = create_app(settings.replace(rate_limits_enabled=False, max_wait_seconds=1,
+                                      event_stream_max_seconds=1),
                      store=store, kube=kube)
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
     tried = []

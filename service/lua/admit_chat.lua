@@ -5,7 +5,7 @@
 -- stays there until the message is settled, so the pod is never scaled away under it), the
 -- record's TTLs are refreshed, and the push scaler is told at once (PUBLISH).
 -- KEYS: record, queue, inflight, messages, message_ids, pending_index, lease, stats,
---       expiry_index, work
+--       expiry_index, work, events
 -- ARGV: id, message_id, message_json, now_ms, max_queued, max_kept, lease_token, lease_ms,
 --       allow_forward, now_iso, ttl_seconds, expires_at, work_channel, budget_bytes
 -- The conversation also keeps within budget_bytes (0: no budget): the oldest settled
@@ -51,6 +51,9 @@ end
 local encoded = cjson.encode(message)
 redis.call('HSET', KEYS[4], seq, encoded)
 redis.call('HSET', KEYS[5], ARGV[2], seq)
+local event_id = append_event(KEYS[1], KEYS[11], ARGV[1], 'message',
+  {seq = seq, message_id = ARGV[2], state = message['state'], attempts = message['attempts']})
+if mode == 'forward' then redis.call('HSET', KEYS[1], 'chunks_from', event_id) end
 kept = kept + #encoded
 local oldest = seq - tonumber(ARGV[6])
 if oldest > 0 then

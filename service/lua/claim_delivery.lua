@@ -4,7 +4,7 @@
 -- was trimmed, or a late attempt settled it) are dropped on the way, not left blocking.
 -- A session that is not running is dropped from the pending index: nothing polls it while it
 -- sleeps or wakes; set_status puts it back the moment its pod is ready.
--- KEYS: record, queue, inflight, messages, pending_index, lease, work
+-- KEYS: record, queue, inflight, messages, pending_index, lease, work, events
 -- ARGV: id, lease_token, lease_ms, now_ms, activity_ttl_seconds
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[5], ARGV[1])
@@ -31,6 +31,10 @@ while true do
     message['attempts'] = (message['attempts'] or 0) + 1
     stored = cjson.encode(message)
     redis.call('HSET', KEYS[4], seq, stored)
+    local event_id = append_event(KEYS[1], KEYS[8], ARGV[1], 'message',
+      {seq = seq, message_id = message['message_id'], state = 'delivering',
+       attempts = message['attempts']})
+    redis.call('HSET', KEYS[1], 'chunks_from', event_id)
     -- Not due again before the lease lapses (the worker reschedules when it finishes).
     redis.call('ZADD', KEYS[5], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[1])
     return {'claimed', envelope, stored}

@@ -8,4 +8,6 @@ redis.call('ZREM', KEYS[4], ARGV[1])
 for i = 2, #ARGV do redis.call('ZREM', KEYS[5] .. ARGV[i], ARGV[1]) end
 redis.call('DEL', KEYS[1])
 for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
+-- Open /events streams of the session end now, on every replica.
+redis.call('PUBLISH', EVENTS_CHANNEL, ARGV[1])
 return existed

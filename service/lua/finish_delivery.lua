@@ -7,8 +7,10 @@
 -- after this (the session's idle clock). A delivered reply is activity: TTLs are refreshed.
 -- A stored reply counts against the conversation's byte budget (older settled messages
 -- make room; the reply itself is always kept).
+-- The outcome goes to the session's event log: the final reply (`reply`), a failure or a
+-- retry (`message`); the attempt's chunks are dropped from it (the outcome supersedes them).
 -- KEYS: record, queue, inflight, messages, pending_index, lease, stats, expiry_index, work,
---       message_ids
+--       message_ids, events
 -- ARGV: id, envelope, lease_token, outcome ('delivered'|'failed'), reply_json_or_error,
 --       now_iso, now_ms, max_attempts, retry_at_ms, ttl_seconds, expires_at,
 --       activity_ttl_seconds, extra_counter ('' or a stats field to count a delivery under),
@@ -18,6 +20,7 @@ local seq = cjson.decode(ARGV[2])['seq']
 local stored = redis.call('HGET', KEYS[4], seq)
 local retry_at = tonumber(ARGV[7])
 local holder = redis.call('GET', KEYS[6])
+local event_kind, event
 if stored then
   local message = cjson.decode(stored)
   local settled = message['state'] == 'delivered' or message['state'] == 'failed'
@@ -29,6 +32,8 @@ if stored then
       redis.call('HSET', KEYS[4], seq .. ':reply', ARGV[5])
       redis.call('HINCRBY', KEYS[7], 'delivered', 1)
       redis.call('HSET', KEYS[4], seq, cjson.encode(message))
+      event_kind = 'reply'
+      event = {seq = seq, message_id = message['message_id'], state = 'delivered'}
       if redis.call('EXISTS', KEYS[1]) == 1 then
         local kept = tonumber(redis.call('HGET', KEYS[1], 'kept_bytes') or '0') + #ARGV[5]
         local budget = tonumber(ARGV[14])
@@ -67,10 +72,17 @@ if stored then
       retry_at = tonumber(ARGV[9])
       redis.call('HSET', KEYS[4], seq, cjson.encode(message))
     end
+    event_kind = 'message'
+    event = {seq = seq, message_id = message['message_id'], state = message['state'],
+             attempts = message['attempts'], error = message['error']}
   end
 else
   redis.call('LREM', KEYS[3], 0, ARGV[2])
 end
+if stored then
+  drop_chunks(KEYS[11], redis.call('HGET', KEYS[1], 'chunks_from'), seq)
+end
+if event_kind then append_event(KEYS[1], KEYS[11], ARGV[1], event_kind, event) end
 if holder == ARGV[3] then redis.call('DEL', KEYS[6]) end
 if redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3]) > 0
     and redis.call('EXISTS', KEYS[1]) == 1 then

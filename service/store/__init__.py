@@ -1,4 +1,4 @@
-"""Redis: the only module that knows key names.
+"""Redis: the only package that knows key names (`keys`).
 
 Session records are hashes with a TTL refreshed on activity. Indexes are sorted sets scored by
 a creation counter (so `/sessions` pages by cursor and `/metrics` reads ZCARDs: O(1)/O(log n)
@@ -19,93 +19,50 @@ from typing import Any
 
 import redis
 
-from . import names
-from .errors import RedisOutOfMemory, RedisReadOnly, RedisUnavailable
+from .. import names
+from ..errors import RedisOutOfMemory, RedisReadOnly, RedisUnavailable
+from .events import DEFAULT_EVENTS_KEPT, EventLog
+from .keys import (
+    ACTIVE_MEMBER,
+    ALL_INDEX,
+    CREATED_SEQ,
+    EVENTS_CHANNEL,
+    EXPIRY_INDEX,
+    LISTED_FIELDS,
+    PENDING_INDEX,
+    SETTLED_CHANNEL,
+    STATS,
+    STATUS_INDEX_PREFIX,
+    WORK_CHANNEL,
+    WORKER_REPORTS,
+    _data_keys,
+    _delivery_lease,
+    _idempotency_key,
+    _inflight_key,
+    _lease_key,
+    _message_ids_key,
+    _messages_key,
+    _reservation_key,
+    events_key,
+    queue_key,
+    record_key,
+    work_key,
+)
+from .keys import (
+    keda_keys as keda_keys,
+)
 
 STATUSES = ("created", "waking", "running", "sleeping", "failed", "terminating")
 ACTIVE_STATUSES = ("created", "waking", "running")
-
-_P = "sm:"
-ALL_INDEX = _P + "all"  # every session, by creation order
-STATUS_INDEX_PREFIX = _P + "st:"  # + status: sessions in that status
-EXPIRY_INDEX = _P + "exp"  # score = when the record expires (epoch s); the reaper reads it
-PENDING_INDEX = _P + "pending"  # sessions with undelivered messages; score = due (epoch ms)
-CREATED_SEQ = _P + "seq"
-STATS = _P + "stats"  # message counters for /metrics
-# Worker id -> JSON {"at": epoch s, "stalled": [loop, ...]}: what /health reads of the workers.
-WORKER_REPORTS = _P + "workers"
 _WORKER_REPORT_KEPT_SECONDS = 3600  # a report older than this is a replica long gone
 SETTLE_RETRY_SECONDS = 0.5  # how often an outcome is offered again while Redis is away
-# Pub/sub channel: a session id is published when it gets work (a chat, a wake), so the push
-# scaler can tell KEDA at once. Best effort by nature; KEDA's polling IsActive backs it up.
-WORK_CHANNEL = _P + "work"
-# Pub/sub channel: `<session id>:<seq>` when a message is settled, so a chat held with
-# `Prefer: wait` returns at once. Best effort too: a waiter also re-reads the message.
-SETTLED_CHANNEL = _P + "settled"
-ACTIVE_MEMBER = "active"  # the work set's "recently active" member
-# What a /sessions page shows of each record (reading only these keeps pages cheap).
-LISTED_FIELDS = ("user_id", "status", "created_at", "last_activity")
 
-_LUA = Path(__file__).resolve().parent / "lua"
+_LUA = Path(__file__).resolve().parent.parent / "lua"
 # Errors that mean "Redis cannot take this now" (503): unreachable, or refusing writes at
 # maxmemory or as a read-only replica. Any other RedisError is a bug (500). A script refused
 # for memory wrote nothing: Redis decides at its start, and refuses its first write.
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError,
                redis.exceptions.ReadOnlyError)
-
-
-def record_key(session_id: str) -> str:
-    return f"{_P}s:{session_id}"
-
-
-def queue_key(session_id: str) -> str:
-    return f"{_P}q:{session_id}"
-
-
-def work_key(session_id: str) -> str:
-    """The one truth of "this session has work", read by every scaler path: a set holding
-    `m:<seq>` for each message queued or in flight (no TTL while there is one) and `active`
-    after activity (the set then expires activity_ttl after the last of it). Kept by the
-    same scripts that admit, claim, settle and sleep, so it cannot drift from the queues."""
-    return f"{_P}w:{session_id}"
-
-
-def keda_keys(session_id: str) -> dict[str, str]:
-    """The Redis keys the session's ScaledObject may read, for bundle rendering."""
-    return {"work_key": work_key(session_id)}
-
-
-def _inflight_key(session_id: str) -> str:
-    return f"{_P}f:{session_id}"
-
-
-def _messages_key(session_id: str) -> str:
-    return f"{_P}m:{session_id}"
-
-
-def _message_ids_key(session_id: str) -> str:
-    return f"{_P}mi:{session_id}"
-
-
-def _lease_key(name: str) -> str:
-    return f"{_P}lease:{name}"
-
-
-def _delivery_lease(session_id: str) -> str:
-    return _lease_key(f"deliver:{session_id}")
-
-
-def _reservation_key(session_id: str) -> str:
-    return f"{_P}res:{session_id}"
-
-
-def _idempotency_key(scope: str) -> str:
-    return f"{_P}idem:{hashlib.sha256(scope.encode()).hexdigest()}"
-
-
-def _data_keys(session_id: str) -> list[str]:
-    return [queue_key(session_id), _inflight_key(session_id), _messages_key(session_id),
-            _message_ids_key(session_id)]
 
 
 def hash_token(token: str) -> str:
@@ -124,14 +81,18 @@ def _decode(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class Store:
+class Store(EventLog):
     def __init__(self, client: redis.Redis, *, session_ttl_seconds: int,
-                 activity_ttl_seconds: int) -> None:
+                 activity_ttl_seconds: int, events_kept: int = DEFAULT_EVENTS_KEPT) -> None:
         self.redis = client
         self.session_ttl = session_ttl_seconds
         self.activity_ttl = activity_ttl_seconds
-        # Each script is sent with the shared functions of lua/lib/ in front of it.
-        library = "".join(path.read_text() + "\n" for path in sorted((_LUA / "lib").glob("*.lua")))
+        # Each script is sent with the shared functions of lua/lib/ in front of it, and the
+        # constants they read.
+        library = (f"local EVENTS_KEPT, EVENTS_CHANNEL = {int(events_kept)}, "
+                   f"'{EVENTS_CHANNEL}'\n")
+        library += "".join(path.read_text() + "\n"
+                           for path in sorted((_LUA / "lib").glob("*.lua")))
         self._scripts = {
             path.stem: client.register_script(library + path.read_text())
             for path in _LUA.glob("*.lua")
@@ -139,14 +100,14 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str, *, socket_timeout_seconds: float, session_ttl_seconds: int,
-                 activity_ttl_seconds: int) -> Store:
+                 activity_ttl_seconds: int, events_kept: int = DEFAULT_EVENTS_KEPT) -> Store:
         client = redis.Redis.from_url(
             url, socket_timeout=socket_timeout_seconds,
             socket_connect_timeout=socket_timeout_seconds, health_check_interval=30,
             decode_responses=True,
         )
         return cls(client, session_ttl_seconds=session_ttl_seconds,
-                   activity_ttl_seconds=activity_ttl_seconds)
+                   activity_ttl_seconds=activity_ttl_seconds, events_kept=events_kept)
 
     def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -236,7 +197,8 @@ class Store:
         extra = [item for key, value in fields.items() for item in (key, str(value))]
         old = self._run("set_status",
                         [record_key(session_id), STATUS_INDEX_PREFIX, PENDING_INDEX,
-                         queue_key(session_id), _inflight_key(session_id)],
+                         queue_key(session_id), _inflight_key(session_id),
+                         events_key(session_id)],
                         [session_id, status, reason, _now_ms(), "1" if from_cluster else "0",
                          *extra])
         return old or None
@@ -285,20 +247,22 @@ class Store:
         raises RedisUnavailable when the subscription breaks."""
         return self.notifications(WORK_CHANNEL, stop)
 
-    def settled_notifications(self, stop: Any) -> Iterator[str | None]:
-        """`<session id>:<seq>` as messages are settled (delivered or failed), from any
-        process; otherwise as work_notifications."""
-        return self.notifications(SETTLED_CHANNEL, stop)
-
     def notifications(self, channel: str, stop: Any) -> Iterator[str | None]:
+        for notice in self.notices((channel,), stop):
+            yield None if notice is None else notice[1]
+
+    def notices(self, channels: tuple[str, ...], stop: Any) -> Iterator[tuple[str, str] | None]:
+        """(channel, data) as published on any of `channels`; first None, once subscribed
+        (anything published before may have been missed). Ends when `stop` is set; raises
+        RedisUnavailable when the subscription breaks."""
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
-            pubsub.subscribe(channel)
+            pubsub.subscribe(*channels)
             yield None
             while not stop.is_set():
                 message = pubsub.get_message(timeout=1.0)
                 if message and message.get("type") == "message":
-                    yield _decode(message["data"])
+                    yield _decode(message["channel"]), _decode(message["data"])
         except UNAVAILABLE as err:
             raise unavailable(err) from err
         finally:
@@ -445,7 +409,8 @@ class Store:
             "admit_chat",
             [record_key(session_id), queue_key(session_id), _inflight_key(session_id),
              _messages_key(session_id), _message_ids_key(session_id), PENDING_INDEX,
-             _delivery_lease(session_id), STATS, EXPIRY_INDEX, work_key(session_id)],
+             _delivery_lease(session_id), STATS, EXPIRY_INDEX, work_key(session_id),
+             events_key(session_id)],
             [session_id, message_id, json.dumps(message), int(now.timestamp() * 1000),
              max_queued, max_kept, token, lease_seconds * 1000, "1" if allow_forward else "0",
              iso(now), self.session_ttl, int(now.timestamp()) + self.session_ttl,
@@ -472,7 +437,7 @@ class Store:
             "claim_delivery",
             [record_key(session_id), queue_key(session_id), _inflight_key(session_id),
              _messages_key(session_id), PENDING_INDEX, _delivery_lease(session_id),
-             work_key(session_id)],
+             work_key(session_id), events_key(session_id)],
             [session_id, token, lease_seconds * 1000, _now_ms(), self.activity_ttl],
         )
         if result[0] != "claimed":
@@ -510,7 +475,8 @@ class Store:
             "finish_delivery",
             [record_key(session_id), queue_key(session_id), _inflight_key(session_id),
              _messages_key(session_id), PENDING_INDEX, _delivery_lease(session_id), STATS,
-             EXPIRY_INDEX, work_key(session_id), _message_ids_key(session_id)],
+             EXPIRY_INDEX, work_key(session_id), _message_ids_key(session_id),
+             events_key(session_id)],
             [session_id, envelope, lease_token, "delivered" if delivered else "failed",
              reply_or_error, iso(moment), now, max_attempts,
              now + int(retry_in_seconds * 1000), self.session_ttl,

@@ -1,0 +1,174 @@
+"""GET /session/{uuid}/events: the session's event log as Server-Sent Events.
+
+Every event has the id of its log entry, so a client that lost its connection resumes with
+`Last-Event-ID` (or `?after=`) and misses nothing the log still keeps; resuming from further
+back than that gets a `gap` event (re-read /messages). The log is in Redis, written by whichever
+process changed the session, so a stream served by any API replica sees every change; the
+process's `Notices` wakes the streams of a session whose log grew.
+
+Limits: MAX_EVENT_STREAMS per process, MAX_EVENT_STREAMS_PER_SESSION across replicas (429
+beyond). A stream ends after EVENT_STREAM_MAX_SECONDS, when its session is deleted, when Redis
+is unreachable, and when the process stops; the client resumes where it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+
+from . import sse
+from .config import Settings
+from .errors import InvalidField, SessionManagerError, SessionNotFound, TooManyStreams
+from .notices import Notices
+from .store import EVENTS_CHANNEL, Store
+from .store.events import is_event_id
+
+log = logging.getLogger(__name__)
+
+BATCH = 200  # log entries read per round trip
+RETRY_MILLISECONDS = 2000  # what a client waits before resuming a stream that ended
+
+
+def resume_point(last_event_id: str | None, after: str | None) -> str | None:
+    """The id to resume after (`?after=` wins over `Last-Event-ID`), None to start now."""
+    value = after if after not in (None, "") else last_event_id
+    if value in (None, ""):
+        return None
+    value = value.strip()
+    if not is_event_id(value):
+        raise InvalidField("Last-Event-ID / after must be an event id (as sent in `id:`) "
+                           "or 0 for the whole kept log")
+    return value
+
+
+class EventStreams:
+    def __init__(self, settings: Settings, store: Store, notices: Notices) -> None:
+        self.settings = settings
+        self.store = store
+        self.notices = notices
+        self._open = 0
+        self._lock = threading.Lock()
+
+    @property
+    def open_count(self) -> int:
+        return self._open
+
+    def open(self, session_id: str, after: str | None) -> EventStream:
+        """Count the stream in (429 past a limit, 404 for a session that is gone)."""
+        with self._lock:
+            if self._open >= self.settings.max_event_streams:
+                raise TooManyStreams(
+                    f"This API process holds {self._open} event streams "
+                    f"(MAX_EVENT_STREAMS); retry, or on another replica",
+                    limit=self.settings.max_event_streams, retry_after_seconds=2)
+            self._open += 1
+        token = secrets.token_hex(8)
+        try:
+            opened = self.store.open_stream(
+                session_id, token, limit=self.settings.max_event_streams_per_session,
+                lapse_seconds=self._lapse_seconds)
+        except BaseException:
+            self._release_slot()
+            raise
+        if opened != 1:
+            self._release_slot()
+            if opened == -1:
+                raise SessionNotFound()
+            raise TooManyStreams(
+                f"This session has {self.settings.max_event_streams_per_session} open event "
+                "streams (MAX_EVENT_STREAMS_PER_SESSION); close one first",
+                limit=self.settings.max_event_streams_per_session,
+                retry_after_seconds=int(self._lapse_seconds) + 1)
+        return EventStream(self, session_id, token, after)
+
+    @property
+    def _lapse_seconds(self) -> float:
+        # Renewed every heartbeat; a replica that died frees its places after three missed.
+        return 3 * self.settings.events_heartbeat_seconds + 1
+
+    def _release_slot(self) -> None:
+        with self._lock:
+            self._open -= 1
+
+
+class EventStream:
+    """The response body of one stream: iterated by the server; close() (always called by
+    the WSGI server, also for a stream never started) gives its places back."""
+
+    def __init__(self, streams: EventStreams, session_id: str, token: str,
+                 after: str | None) -> None:
+        self.streams = streams
+        self.session_id = session_id
+        self.token = token
+        self.after = after
+        self._closed = False
+        self._frames = self._run()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._frames
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._frames.close()
+        self.streams._release_slot()
+        with contextlib.suppress(SessionManagerError):  # else its place lapses by itself
+            self.streams.store.close_stream(self.session_id, self.token)
+
+    def _run(self) -> Iterator[bytes]:
+        store, settings, notices = self.streams.store, self.streams.settings, self.streams.notices
+        sid = self.session_id
+        wake = notices.register(EVENTS_CHANNEL, sid)
+        deadline = time.monotonic() + settings.event_stream_max_seconds
+        heartbeat = settings.events_heartbeat_seconds
+        try:
+            yield sse.retry(RETRY_MILLISECONDS)
+            if self.after is None:
+                last = store.last_event_id(sid)
+                yield sse.frame("status", self._status_snapshot(), event_id=last)
+            else:
+                last = self.after
+                if store.missed_since(sid, last):
+                    yield sse.frame("gap", {"after": last,
+                                            "message": "events after this id were trimmed "
+                                                       "from the log: re-read /messages"})
+            beat_at = time.monotonic() + heartbeat
+            while True:
+                wake.clear()  # before reading: a notice during the read is not lost
+                events, exists = store.events_after(sid, last, count=BATCH,
+                                                    max_kept=settings.max_messages_kept)
+                for event in events:
+                    yield sse.frame(event.type, event.data, event_id=event.id)
+                    last = event.id
+                if len(events) == BATCH:
+                    continue
+                if not exists:
+                    yield sse.frame("status", {"status": "terminated"})
+                    return
+                now = time.monotonic()
+                if now >= deadline or notices.released:
+                    return
+                if now >= beat_at:
+                    yield sse.comment("heartbeat")
+                    store.open_stream(sid, self.token,
+                                      limit=settings.max_event_streams_per_session,
+                                      lapse_seconds=self.streams._lapse_seconds)
+                    beat_at = now + heartbeat
+                wake.wait(max(0.0, min(beat_at, deadline) - now))
+        except SessionManagerError as err:
+            # Redis away: end the stream; the client resumes from its last id once it is back.
+            log.warning("event stream ended: %s", err.message, extra={"session_id": sid})
+        finally:
+            notices.unregister(EVENTS_CHANNEL, sid, wake)
+
+    def _status_snapshot(self) -> dict:
+        record = self.streams.store.get_session(self.session_id) or {}
+        return {"status": record.get("status", "terminated"), "reason": record.get("reason", ""),
+                "replicas": int(record.get("replicas") or 0),
+                "ready_replicas": int(record.get("ready_replicas") or 0),
+                "paused": record.get("paused") == "1"}

@@ -1,0 +1,95 @@
+"""The session's event log (a Redis Stream per session) and the /events streams open on it.
+
+The scripts that change a message or a session append to the log in the same step (see
+lua/lib/events.lua), so the log cannot disagree with the record; this module reads it, adds
+the chunks a streaming pod sends, and counts open streams against the per-session limit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .keys import _delivery_lease, _messages_key, _streams_key, events_key, record_key
+
+DEFAULT_EVENTS_KEPT = 1000
+# A log id as Redis makes them (`<ms>-<n>`), or `0` for "from the start".
+_EVENT_ID = re.compile(r"^(0|\d{1,20}-\d{1,20})$")
+
+
+def is_event_id(value: str) -> bool:
+    return bool(_EVENT_ID.match(value))
+
+
+def _id_tuple(event_id: str) -> tuple[int, int]:
+    ms, _, n = event_id.partition("-")
+    return int(ms), int(n or 0)
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    type: str
+    data: dict[str, Any]
+
+
+class EventLog:
+    """Mixed into Store (which provides redis, _run and _call)."""
+
+    redis: Any
+
+    def events_after(self, session_id: str, after: str, *, count: int,
+                     max_kept: int) -> tuple[list[Event], bool]:
+        """(up to `count` events after id `after`, whether the session still exists). A
+        `reply` event carries the reply as the conversation keeps it (None once trimmed)."""
+        start = "-" if after in ("0", "0-0") else f"({after}"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xrange(events_key(session_id), start, "+", count=count)
+        pipe.exists(record_key(session_id))
+        entries, exists = self._call(pipe.execute)
+        events = [Event(entry_id, fields["t"], json.loads(fields["d"]))
+                  for entry_id, fields in entries]
+        replies = [event for event in events if event.type == "reply"]
+        if replies:
+            stored = self._call(self.redis.hmget, _messages_key(session_id),
+                                [f"{event.data['seq']}:reply" for event in replies])
+            for event, reply in zip(replies, stored, strict=True):
+                event.data["reply"] = json.loads(reply) if reply else None
+        return events, bool(exists)
+
+    def last_event_id(self, session_id: str) -> str:
+        """Where the log stands now: resuming from it gives everything that comes after."""
+        newest = self._call(self.redis.xrevrange, events_key(session_id), "+", "-", count=1)
+        return newest[0][0] if newest else "0"
+
+    def missed_since(self, session_id: str, after: str) -> bool:
+        """True when events after `after` may have been trimmed from the log (it keeps about
+        EVENTS_KEPT): the reader must re-read the conversation instead."""
+        trimmed_before = self._call(self.redis.hget, record_key(session_id),
+                                    "events_trimmed_before")
+        if not trimmed_before:
+            return False
+        return _id_tuple(after) < _id_tuple(trimmed_before)
+
+    def append_chunk(self, session_id: str, *, lease_token: str, seq: int, message_id: str,
+                     attempt: int, text: str) -> bool:
+        """Relay part of a streamed reply; False when this attempt no longer holds the
+        session's delivery (its lease lapsed) or the session is gone."""
+        return bool(self._run(
+            "append_chunk",
+            [record_key(session_id), _delivery_lease(session_id), events_key(session_id)],
+            [session_id, lease_token, seq, message_id, attempt, text]))
+
+    def open_stream(self, session_id: str, token: str, *, limit: int,
+                    lapse_seconds: float) -> int:
+        """1: counted in; 0: the session has `limit` open streams already; -1: no session."""
+        now = int(time.time() * 1000)
+        return int(self._run(
+            "open_stream", [record_key(session_id), _streams_key(session_id)],
+            [token, now, now + int(lapse_seconds * 1000), limit]))
+
+    def close_stream(self, session_id: str, token: str) -> None:
+        self._call(self.redis.zrem, _streams_key(session_id), token)
