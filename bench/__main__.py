@@ -13,7 +13,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import chat, delivery, kubeops, listing, load, memory, ratelimits, report, serving, wake
+from . import (
+    chat,
+    delivery,
+    kubeops,
+    listing,
+    load,
+    memory,
+    ratelimits,
+    replies,
+    report,
+    serving,
+    streams,
+    wake,
+)
 from .harness import Context
 
 FIGURES: dict[str, Callable[[Context], report.Figure]] = {
@@ -29,6 +42,9 @@ FIGURES: dict[str, Callable[[Context], report.Figure]] = {
     "scalers": wake.scalers,
     # The serving model: gevent (production) against gthread, slow agents.
     "serving": serving.serving,
+    # Replies without polling (/events, Prefer: wait) and the streams one process holds.
+    "replies": replies.replies,
+    "streams": streams.streams,
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -26,13 +26,12 @@ from typing import Any
 from devcluster import apiserver as local
 from devcluster import paths
 from service import names
-from service.config import REPO_ROOT
+from service.config import RATE_LIMITED_ROUTES, REPO_ROOT
 from service.kube import Kube, load_api_client
 from service.store import Store, hash_token, utc_now
 
 SERVICE_NAMESPACE = "bench"
 UNLIMITED = "1000000/minute"
-RATE_LIMITED_ROUTES = ("create", "wake", "sleep", "status", "chat", "delete", "messages")
 
 
 # -- statistics ---------------------------------------------------------------------------
@@ -344,13 +343,23 @@ class Context:
         """`python -m service worker`; returns once it logged that it started."""
         self.kube(namespace)
         env = {**self.service_env(port=local.free_port(), namespace=namespace,
-                                  limits=True), **extra_env}
+                                  limits=True),
+               # It serves the push scaler as deployed (mutual TLS), on a port of its own.
+               "SCALER_TLS_DIR": str(self._scaler_certs() / "server"), "SCALER_PORT": "0",
+               **extra_env}
         proc = Proc(name, [sys.executable, "-m", "service", "worker"], env,
                     self.workdir / f"{name}.log")
         self._procs[name] = proc
         wait_until(lambda: "worker started" in proc.tail(100000), timeout=30,
                    what=f"worker {name}", proc=proc)
         return proc
+
+    def _scaler_certs(self) -> Path:
+        out = self.workdir / "scaler-certs"
+        if not (out / "server").is_dir():
+            subprocess.run([str(REPO_ROOT / "scripts" / "scaler-certs.sh"), str(out),
+                            "127.0.0.1", "localhost"], check=True, capture_output=True)
+        return out
 
     def stop(self, name: str) -> None:
         proc = self._procs.pop(name, None)

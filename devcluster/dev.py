@@ -141,6 +141,7 @@ def _serve(env: dict[str, str], notes: list[str]) -> int:
     env.setdefault("PORT", "8080")
     env.setdefault("WEB_CONCURRENCY", "2")
     env.setdefault("BIND_ADDRESS", "127.0.0.1")
+    env.setdefault("CHAT_PAGE_ENABLED", "true")  # the page at /ui, on the public API only
 
     children = [
         subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env),
@@ -162,6 +163,7 @@ def _serve(env: dict[str, str], notes: list[str]) -> int:
                 "", f"session-manager is serving at {url}",
                 f"api key:    {key}" if key else "api key:    none (AUTH_DISABLED=true)",
                 *notes,
+                f"chat page:  {url}/ui (paste the api key)",
                 f'try:        curl -s -X POST {url}/session/create -H "X-API-Key: {key}" '
                 '-H "Content-Type: application/json" -d \'{"user_id": "me@example.com"}\'',
                 "stop:       Ctrl-C (tears the whole stack down)", "",

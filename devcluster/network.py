@@ -111,10 +111,20 @@ class GuardCounts:
 
 
 class EgressGuard:
-    """The stack's cgroup and the iptables rules that keep its traffic on this machine."""
+    """The stack's cgroup and the iptables rules that keep its traffic on this machine.
 
-    def __init__(self) -> None:
-        self.cgroup_dir = CGROUP2_ROOT / STACK_CGROUP
+    Also, with its own cgroup and chain and no forwarding, for a process that is not part of
+    the stack but must reach nothing off the machine either (the browser tests' Chromium:
+    `browser_guard()`)."""
+
+    def __init__(self, cgroup: str = STACK_CGROUP, *, out_chain: str = OUT_CHAIN,
+                 fwd_chain: str | None = FWD_CHAIN,
+                 allowed_v4: tuple[str, ...] = (NODE_CIDR, POD_CIDR, SERVICE_CIDR)) -> None:
+        self.cgroup = cgroup
+        self.cgroup_dir = CGROUP2_ROOT / cgroup
+        self.out_chain = out_chain
+        self.fwd_chain = fwd_chain
+        self.allowed_v4 = list(allowed_v4)
 
     @property
     def cgroup_procs(self) -> Path:
@@ -132,53 +142,58 @@ class EgressGuard:
     def install(self) -> None:
         self.cgroup_dir.mkdir(exist_ok=True)
         self.remove_rules()
-        allowed_v4 = [NODE_CIDR, POD_CIDR, SERVICE_CIDR]
-        for table_cmd, allowed in (("iptables", allowed_v4), ("ip6tables", [])):
-            run([table_cmd, "-w", "-N", OUT_CHAIN])
-            run([table_cmd, "-w", "-A", OUT_CHAIN, "-o", "lo", "-j", "RETURN"])
+        out, fwd = self.out_chain, self.fwd_chain
+        for table_cmd, allowed in (("iptables", self.allowed_v4), ("ip6tables", [])):
+            run([table_cmd, "-w", "-N", out])
+            run([table_cmd, "-w", "-A", out, "-o", "lo", "-j", "RETURN"])
             for cidr in allowed:
-                run([table_cmd, "-w", "-A", OUT_CHAIN, "-d", cidr, "-j", "RETURN"])
+                run([table_cmd, "-w", "-A", out, "-d", cidr, "-j", "RETURN"])
             reject = ("icmp-port-unreachable" if table_cmd == "iptables"
                       else "icmp6-port-unreachable")
-            _log_rule(table_cmd, OUT_CHAIN)
-            run([table_cmd, "-w", "-A", OUT_CHAIN, "-j", "REJECT", "--reject-with", reject])
-            run([table_cmd, "-w", "-I", "OUTPUT", "1", "-m", "cgroup", "--path", STACK_CGROUP,
-                 "-j", OUT_CHAIN])
-            run([table_cmd, "-w", "-N", FWD_CHAIN])
-            run([table_cmd, "-w", "-A", FWD_CHAIN, "-o", POD_BRIDGE, "-j", "RETURN"])
+            _log_rule(table_cmd, out)
+            run([table_cmd, "-w", "-A", out, "-j", "REJECT", "--reject-with", reject])
+            run([table_cmd, "-w", "-I", "OUTPUT", "1", "-m", "cgroup", "--path", self.cgroup,
+                 "-j", out])
+            if fwd is None:
+                continue
+            run([table_cmd, "-w", "-N", fwd])
+            run([table_cmd, "-w", "-A", fwd, "-o", POD_BRIDGE, "-j", "RETURN"])
             # A ClusterIP with no endpoint is not DNATed: it is routed to the port-less node
             # bridge and dies there, on this machine; not egress.
             for cidr in allowed:
-                run([table_cmd, "-w", "-A", FWD_CHAIN, "-d", cidr, "-j", "RETURN"])
-            _log_rule(table_cmd, FWD_CHAIN)
-            run([table_cmd, "-w", "-A", FWD_CHAIN, "-j", "DROP"])
-        self.ensure_first()
+                run([table_cmd, "-w", "-A", fwd, "-d", cidr, "-j", "RETURN"])
+            _log_rule(table_cmd, fwd)
+            run([table_cmd, "-w", "-A", fwd, "-j", "DROP"])
+        if fwd is not None:
+            self.ensure_first()
 
     def ensure_first(self) -> None:
         """Put the FORWARD jump first again (kube-proxy and CNI prepend their own)."""
         for table_cmd in ("iptables", "ip6tables"):
-            while run([table_cmd, "-w", "-D", "FORWARD", "-i", POD_BRIDGE, "-j", FWD_CHAIN],
-                      check=False).returncode == 0:
+            while run([table_cmd, "-w", "-D", "FORWARD", "-i", POD_BRIDGE, "-j",
+                       self.fwd_chain], check=False).returncode == 0:
                 pass
-            run([table_cmd, "-w", "-I", "FORWARD", "1", "-i", POD_BRIDGE, "-j", FWD_CHAIN])
+            run([table_cmd, "-w", "-I", "FORWARD", "1", "-i", POD_BRIDGE, "-j", self.fwd_chain])
 
     def remove_rules(self) -> None:
         for table_cmd in ("iptables", "ip6tables"):
-            while run([table_cmd, "-w", "-D", "OUTPUT", "-m", "cgroup", "--path", STACK_CGROUP,
-                       "-j", OUT_CHAIN], check=False).returncode == 0:
+            while run([table_cmd, "-w", "-D", "OUTPUT", "-m", "cgroup", "--path", self.cgroup,
+                       "-j", self.out_chain], check=False).returncode == 0:
                 pass
-            while run([table_cmd, "-w", "-D", "FORWARD", "-i", POD_BRIDGE, "-j", FWD_CHAIN],
-                      check=False).returncode == 0:
-                pass
-            for chain in (OUT_CHAIN, FWD_CHAIN):
+            if self.fwd_chain is not None:
+                while run([table_cmd, "-w", "-D", "FORWARD", "-i", POD_BRIDGE, "-j",
+                           self.fwd_chain], check=False).returncode == 0:
+                    pass
+            for chain in filter(None, (self.out_chain, self.fwd_chain)):
                 run([table_cmd, "-w", "-F", chain], check=False)
                 run([table_cmd, "-w", "-X", chain], check=False)
 
     def counts(self) -> GuardCounts:
         rejected = dropped = 0
         for table_cmd in ("iptables", "ip6tables"):
-            rejected += _last_rule_packets(table_cmd, OUT_CHAIN)
-            dropped += _last_rule_packets(table_cmd, FWD_CHAIN)
+            rejected += _last_rule_packets(table_cmd, self.out_chain)
+            if self.fwd_chain is not None:
+                dropped += _last_rule_packets(table_cmd, self.fwd_chain)
         return GuardCounts(rejected, dropped)
 
     def remove(self) -> None:
@@ -193,6 +208,12 @@ class EgressGuard:
         if not self.cgroup_procs.exists():
             return []
         return [int(pid) for pid in self.cgroup_procs.read_text().split()]
+
+
+def browser_guard() -> EgressGuard:
+    """Loopback only, for the browser the page tests drive."""
+    return EgressGuard("session-manager-browser", out_chain="SM-BROWSER-OUT", fwd_chain=None,
+                       allowed_v4=())
 
 
 def _log_rule(table_cmd: str, chain: str) -> None:

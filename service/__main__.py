@@ -96,7 +96,7 @@ def _worker(settings: Settings) -> int:
         settings.redis_url, socket_timeout_seconds=settings.redis_socket_timeout_seconds,
         session_ttl_seconds=settings.session_ttl_seconds,
         activity_ttl_seconds=settings.activity_ttl_seconds,
-        events_kept=settings.max_events_kept)
+        events_kept=settings.max_events_kept, max_connections=settings.redis_max_connections)
     worker = Worker(settings, store, Kube.from_environment(settings.namespace))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -57,7 +57,7 @@ def create_app(settings: Settings, *, store: Store | None = None, kube: Kube | N
         settings.redis_url, socket_timeout_seconds=settings.redis_socket_timeout_seconds,
         session_ttl_seconds=settings.session_ttl_seconds,
         activity_ttl_seconds=settings.activity_ttl_seconds,
-        events_kept=settings.max_events_kept)
+        events_kept=settings.max_events_kept, max_connections=settings.redis_max_connections)
     kube = kube or Kube.from_environment(settings.namespace)
     sessions = Sessions(settings, store, kube, pods)
     streams = EventStreams(settings, store, sessions.notices)

@@ -43,6 +43,9 @@ DEFAULT_RATE_LIMITS = {
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_socket_timeout_seconds: float = 2.0
+    # Connections to Redis one process opens at most; past them a request waits for one
+    # (up to REDIS_SOCKET_TIMEOUT_SECONDS). Replicas x this stays under Redis' maxclients.
+    redis_max_connections: int = 100
     session_ttl_seconds: int = 86400
     idle_timeout_seconds: int = 120
     user_pod_image: str = "session-manager-demo-agent:0.1.0"
@@ -115,7 +118,7 @@ class Settings:
     # after a scale-out), and the events each session's log keeps.
     max_event_streams: int = 1000
     max_event_streams_per_session: int = 5
-    events_heartbeat_seconds: float = 15.0
+    events_heartbeat_seconds: float = 30.0  # under the 60 s idle timeout of common proxies
     event_stream_max_seconds: int = 300
     max_events_kept: int = 1000
     # The small chat page at /ui (a demo of the public API; `make run` turns it on).
@@ -140,6 +143,9 @@ class Settings:
         defaults = cls()
         values = dict(
             redis_url=envparse.redis_url(env),
+            redis_max_connections=read.number("REDIS_MAX_CONNECTIONS",
+                                              defaults.redis_max_connections, minimum=4,
+                                              maximum=10000),
             redis_socket_timeout_seconds=read.number(
                 "REDIS_SOCKET_TIMEOUT_SECONDS", defaults.redis_socket_timeout_seconds, float,
                 minimum=0.05,

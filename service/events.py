@@ -52,6 +52,8 @@ class EventStreams:
         self.notices = notices
         self._open = 0
         self._lock = threading.Lock()
+        self._held: dict[str, str] = {}  # token -> session id, for the renewals
+        self._renewer: threading.Thread | None = None
 
     @property
     def open_count(self) -> int:
@@ -83,16 +85,35 @@ class EventStreams:
                 "streams (MAX_EVENT_STREAMS_PER_SESSION); close one first",
                 limit=self.settings.max_event_streams_per_session,
                 retry_after_seconds=int(self._lapse_seconds) + 1)
+        with self._lock:
+            self._held[token] = session_id
+            if self._renewer is None:
+                self._renewer = threading.Thread(target=self._renew, name="event-streams",
+                                                 daemon=True)
+                self._renewer.start()
         return EventStream(self, session_id, token, after)
+
+    def _renew(self) -> None:
+        """Every heartbeat, all of this process's places in the per-session counts in one
+        round trip (not one per stream)."""
+        while not self.notices.released:
+            time.sleep(self.settings.events_heartbeat_seconds)
+            with self._lock:
+                held = [(sid, token) for token, sid in self._held.items()]
+            try:
+                self.store.renew_streams(held, lapse_seconds=self._lapse_seconds)
+            except SessionManagerError as err:
+                log.warning("open event streams not renewed: %s", err.message)
 
     @property
     def _lapse_seconds(self) -> float:
         # Renewed every heartbeat; a replica that died frees its places after three missed.
         return 3 * self.settings.events_heartbeat_seconds + 1
 
-    def _release_slot(self) -> None:
+    def _release_slot(self, token: str | None = None) -> None:
         with self._lock:
             self._open -= 1
+            self._held.pop(token, None)
 
 
 class EventStream:
@@ -116,7 +137,7 @@ class EventStream:
             return
         self._closed = True
         self._frames.close()
-        self.streams._release_slot()
+        self.streams._release_slot(self.token)
         with contextlib.suppress(SessionManagerError):  # else its place lapses by itself
             self.streams.store.close_stream(self.session_id, self.token)
 
@@ -138,28 +159,33 @@ class EventStream:
                                             "message": "events after this id were trimmed "
                                                        "from the log: re-read /messages"})
             beat_at = time.monotonic() + heartbeat
+            read = True
             while True:
+                if not read:
+                    # Only a notice makes an idle stream read: a subscription that broke wakes
+                    # every stream once it is back, and a stream lives at most
+                    # EVENT_STREAM_MAX_SECONDS (its client then resumes, reading). Reading at
+                    # every heartbeat as well would be most of an idle process's work.
+                    wake.wait(max(0.0, min(beat_at, deadline) - time.monotonic()))
+                    read = wake.is_set()
+                now = time.monotonic()
+                if now >= deadline or notices.released:
+                    return
+                if now >= beat_at:
+                    yield sse.comment("heartbeat")
+                    beat_at = now + heartbeat
+                if not read:
+                    continue
                 wake.clear()  # before reading: a notice during the read is not lost
                 events, exists = store.events_after(sid, last, count=BATCH,
                                                     max_kept=settings.max_messages_kept)
                 for event in events:
                     yield sse.frame(event.type, event.data, event_id=event.id)
                     last = event.id
-                if len(events) == BATCH:
-                    continue
                 if not exists:
                     yield sse.frame("status", {"status": "terminated"})
                     return
-                now = time.monotonic()
-                if now >= deadline or notices.released:
-                    return
-                if now >= beat_at:
-                    yield sse.comment("heartbeat")
-                    store.open_stream(sid, self.token,
-                                      limit=settings.max_event_streams_per_session,
-                                      lapse_seconds=self.streams._lapse_seconds)
-                    beat_at = now + heartbeat
-                wake.wait(max(0.0, min(beat_at, deadline) - now))
+                read = len(events) == BATCH  # more to read at once
         except SessionManagerError as err:
             # Redis away: end the stream; the client resumes from its last id once it is back.
             log.warning("event stream ended: %s", err.message, extra={"session_id": sid})

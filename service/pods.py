@@ -8,7 +8,6 @@ message is delivered again under the same message_id).
 
 from __future__ import annotations
 
-import codecs
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -113,7 +112,7 @@ def _json_reply(body: bytes) -> dict:
 
 
 def _streamed_reply(body: Iterator[bytes], on_chunk: Callable[[str], None] | None) -> dict:
-    for frame in sse.parse(_lines(body)):
+    for frame in sse.parse(sse.lines(body)):
         if frame.event == "chunk":
             if on_chunk is not None:
                 on_chunk(_chunk_text(frame.data))
@@ -130,19 +129,6 @@ def _chunk_text(data: str) -> str:
     except ValueError:
         return data  # a bare text chunk
     return parsed.get("text", "") if isinstance(parsed, dict) else str(parsed)
-
-
-def _lines(body: Iterator[bytes]) -> Iterator[str]:
-    """Decoded lines (CRLF, LF or CR ends) as the bytes arrive."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    pending = ""
-    for chunk in body:
-        pending += decoder.decode(chunk)
-        *complete, pending = pending.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-        yield from complete
-    pending += decoder.decode(b"", final=True)
-    if pending:
-        yield pending
 
 
 def _read_before(response: requests.Response, deadline: float,

@@ -3,6 +3,7 @@ and reading the frames a streaming session pod sends."""
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -53,3 +54,16 @@ def parse(lines: Iterable[str]) -> Iterator[Frame]:
         elif field == "id" and "\0" not in value:
             event_id = value
     # A frame without its closing blank line was cut: dropped, as EventSource drops it.
+
+
+def lines(body: Iterable[bytes]) -> Iterator[str]:
+    """Decoded lines (CRLF, LF or CR ends, which the format allows) as the bytes arrive."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = ""
+    for chunk in body:
+        pending += decoder.decode(chunk)
+        *complete, pending = pending.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        yield from complete
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        yield pending

@@ -41,22 +41,18 @@ class EventReader:
 
     def _read(self) -> None:
         try:
-            for frame in sse.parse(self._lines()):
+            for frame in sse.parse(self._lines(self.response.iter_content(chunk_size=None))):
                 self.frames.append((time.monotonic(), frame))
         except (requests.RequestException, OSError, AttributeError):
             pass  # closed by the test
         finally:
             self.ended.set()
 
-    def _lines(self):
-        pending = ""
-        for chunk in self.response.iter_content(chunk_size=None):
-            pending += chunk.decode()
-            *lines, pending = pending.split("\n")
-            for line in lines:
-                if line.startswith(":"):
-                    self.comments += 1
-                yield line
+    def _lines(self, body):
+        for line in sse.lines(body):
+            if line.startswith(":"):
+                self.comments += 1
+            yield line
 
     def events(self, kind: str | None = None) -> list[tuple[str | None, str, dict]]:
         return [(f.id, f.event, json.loads(f.data)) for _, f in list(self.frames)

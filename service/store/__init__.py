@@ -55,6 +55,7 @@ from .keys import (
 STATUSES = ("created", "waking", "running", "sleeping", "failed", "terminating")
 ACTIVE_STATUSES = ("created", "waking", "running")
 _WORKER_REPORT_KEPT_SECONDS = 3600  # a report older than this is a replica long gone
+DEFAULT_MAX_CONNECTIONS = 100  # per process (REDIS_MAX_CONNECTIONS)
 SETTLE_RETRY_SECONDS = 0.5  # how often an outcome is offered again while Redis is away
 
 _LUA = Path(__file__).resolve().parent.parent / "lua"
@@ -100,13 +101,19 @@ class Store(EventLog):
 
     @classmethod
     def from_url(cls, url: str, *, socket_timeout_seconds: float, session_ttl_seconds: int,
-                 activity_ttl_seconds: int, events_kept: int = DEFAULT_EVENTS_KEPT) -> Store:
-        client = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout_seconds,
+                 activity_ttl_seconds: int, events_kept: int = DEFAULT_EVENTS_KEPT,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> Store:
+        # A bounded pool that makes a caller wait for a free connection (up to the socket
+        # timeout) rather than fail: under gevent a thousand requests may want Redis at the
+        # same instant (one event fanned out to every open stream), and redis-py's default
+        # pool raises past 100 connections.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=socket_timeout_seconds,
+            socket_timeout=socket_timeout_seconds,
             socket_connect_timeout=socket_timeout_seconds, health_check_interval=30,
             decode_responses=True,
         )
-        return cls(client, session_ttl_seconds=session_ttl_seconds,
+        return cls(redis.Redis(connection_pool=pool), session_ttl_seconds=session_ttl_seconds,
                    activity_ttl_seconds=activity_ttl_seconds, events_kept=events_kept)
 
     def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:

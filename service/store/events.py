@@ -91,5 +91,21 @@ class EventLog:
             "open_stream", [record_key(session_id), _streams_key(session_id)],
             [token, now, now + int(lapse_seconds * 1000), limit]))
 
+    def renew_streams(self, streams: list[tuple[str, str]], *, lapse_seconds: float) -> None:
+        """Keep these (session id, token) streams counted for another lapse_seconds: one
+        round trip for every stream a process holds."""
+        if not streams:
+            return
+        lapses_at = int((time.time() + lapse_seconds) * 1000)
+        pipe = self.redis.pipeline(transaction=False)
+        for session_id, token in streams:
+            pipe.zadd(_streams_key(session_id), {token: lapses_at}, xx=True)
+        self._call(pipe.execute)
+
+    def open_streams(self, session_id: str) -> int:
+        """How many /events streams are open on the session now, on every replica."""
+        now = int(time.time() * 1000)
+        return int(self._call(self.redis.zcount, _streams_key(session_id), f"({now}", "+inf"))
+
     def close_stream(self, session_id: str, token: str) -> None:
         self._call(self.redis.zrem, _streams_key(session_id), token)
