@@ -278,15 +278,19 @@ class Context:
     def agent(self) -> Proc:
         """The repo's demo agent (the session pod contract), no state file, no delay."""
         if "agent" not in self._procs:
-            port = local.free_port()
-            env = {**os.environ, "PORT": str(port), "AGENT_HOST": "127.0.0.1"}
-            proc = Proc("agent", [sys.executable, str(REPO_ROOT / "demo_agent" / "agent.py")], env,
-                        self.workdir / "agent.log")
-            proc.port = port  # type: ignore[attr-defined]
-            self._procs["agent"] = proc
-            wait_until(lambda: http_ok(port, "/healthz"), timeout=15, what="demo agent",
-                       proc=proc)
+            self._procs["agent"] = self.start_agent("agent")
         return self._procs["agent"]
+
+    def start_agent(self, name: str, **env: str) -> Proc:
+        """Another demo agent, with its settings (AGENT_DELAY_SECONDS, AGENT_STREAM, ...);
+        the caller stops it. Its port is `proc.port`."""
+        port = local.free_port()
+        proc = Proc(name, [sys.executable, str(REPO_ROOT / "demo_agent" / "agent.py")],
+                    {**os.environ, "PORT": str(port), "AGENT_HOST": "127.0.0.1", **env},
+                    self.workdir / f"{name}.log")
+        proc.port = port  # type: ignore[attr-defined]
+        wait_until(lambda: http_ok(port, "/healthz"), timeout=15, what=name, proc=proc)
+        return proc
 
     def service_env(self, *, port: int, namespace: str, limits: bool) -> dict[str, str]:
         env = {

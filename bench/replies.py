@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import sys
 import threading
 import time
@@ -44,17 +43,6 @@ STREAM_DELAY_SECONDS = 0.05
 WAKE_SECONDS = 1.0
 POLL_SECONDS = 1.0
 WAYS = ("events", "wait", "poll")
-
-
-def _streaming_agent(ctx: Context) -> Proc:
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "AGENT_HOST": "127.0.0.1", "AGENT_STREAM": "1",
-           "AGENT_STREAM_DELAY_SECONDS": str(STREAM_DELAY_SECONDS)}
-    proc = Proc("streaming-agent", [sys.executable, "demo_agent/agent.py"], env,
-                ctx.workdir / "streaming-agent.log")
-    proc.port = port  # type: ignore[attr-defined]
-    wait_until(lambda: http_ok(port, "/healthz"), timeout=15, what="streaming agent", proc=proc)
-    return proc
 
 
 def _request(port: int, method: str, path: str, key: str, body: dict | None = None,
@@ -158,7 +146,8 @@ def replies(ctx: Context) -> Figure:
                     "Prefer: wait, 202 then a 1 s poll")
     ctx.flush()
     ctx.kube(SERVICE_NAMESPACE)
-    agent = _streaming_agent(ctx)
+    agent = ctx.start_agent("streaming-agent", AGENT_STREAM="1",
+                            AGENT_STREAM_DELAY_SECONDS=str(STREAM_DELAY_SECONDS))
     pod_url = f"http://127.0.0.1:{agent.port}"  # type: ignore[attr-defined]
     port = free_port()
     env = ctx.service_env(port=port, namespace=SERVICE_NAMESPACE, limits=False)

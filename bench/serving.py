@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import sys
 import threading
 import time
@@ -33,17 +32,6 @@ from .report import Figure, Row, Target
 
 SLOW_CHATS = 24  # past 8 threads: the gthread model's limit per process
 AGENT_SECONDS = 4.0
-
-
-def _slow_agent(ctx: Context) -> Proc:
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "AGENT_HOST": "127.0.0.1",
-           "AGENT_DELAY_SECONDS": str(AGENT_SECONDS)}
-    proc = Proc("slow-agent", [sys.executable, "demo_agent/agent.py"], env,
-                ctx.workdir / "slow-agent.log")
-    proc.port = port  # type: ignore[attr-defined]
-    wait_until(lambda: http_ok(port, "/healthz"), timeout=15, what="slow agent", proc=proc)
-    return proc
 
 
 def _api(ctx: Context, model: str, agent_port: int) -> Proc:
@@ -106,7 +94,7 @@ def serving(ctx: Context) -> Figure:
     figure = Figure("serving", "8. /health while 24 chats wait 4 s on their agents, one process")
     ctx.flush()
     ctx.kube(SERVICE_NAMESPACE)
-    agent = _slow_agent(ctx)
+    agent = ctx.start_agent("slow-agent", AGENT_DELAY_SECONDS=str(AGENT_SECONDS))
     models = {"gevent": _api(ctx, "gevent", agent.port),  # type: ignore[attr-defined]
               "gthread": _api(ctx, "gthread", agent.port)}  # type: ignore[attr-defined]
     sessions = create_sessions_one_by_one(ctx.store(), SLOW_CHATS)

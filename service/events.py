@@ -157,7 +157,8 @@ class EventStream:
                 if store.missed_since(sid, last):
                     yield sse.frame("gap", {"after": last,
                                             "message": "events after this id were trimmed "
-                                                       "from the log: re-read /messages"})
+                                                       "from the log: re-read /messages"},
+                                    event_id=last)
             beat_at = time.monotonic() + heartbeat
             read = True
             while True:
@@ -183,7 +184,7 @@ class EventStream:
                     yield sse.frame(event.type, event.data, event_id=event.id)
                     last = event.id
                 if not exists:
-                    yield sse.frame("status", {"status": "terminated"})
+                    yield sse.frame("status", {"status": "terminated"}, event_id=last)
                     return
                 read = len(events) == BATCH  # more to read at once
         except SessionManagerError as err:

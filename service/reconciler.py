@@ -25,7 +25,7 @@ from . import bundle
 from .config import Settings
 from .errors import KubeError, KubeUnavailable, SessionManagerError
 from .kube import DEPLOYMENT_KIND, PAUSE_KIND, PAUSED_REPLICAS_ANNOTATION, Kube
-from .sessions import template_kinds
+from .sessions import sweep_kinds
 from .status import session_of
 from .store import Store
 
@@ -49,8 +49,8 @@ class Reconciler:
                    "deletes_finished": 0, "pauses_repaired": 0, "errors": 0}
         self._paused: dict[str, bool] = {}
         self._unavailable_in_a_row = 0
-        kinds = template_kinds(self.settings)
         try:
+            kinds = sweep_kinds(self.settings, self.store)
             self._sweep_expired(kinds, figures)
             live = self._live_bundles(kinds)
             self._sweep_orphans(live, kinds, figures)

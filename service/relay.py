@@ -2,9 +2,10 @@
 
 Chunks are coalesced: the first goes out at once (time to first chunk), later ones at most
 every FLUSH_SECONDS, so a pod writing token by token costs a few Redis writes a second, not
-one per token. Chunks are a live view: the final reply, stored once when the pod is done, is
-what the conversation keeps. So a chunk that cannot be written (Redis away, the attempt's
-lease lost to another worker) stops the relay, never the delivery.
+one per token; what is left goes out before the final reply is stored, so the chunks a client
+saw add up to that reply. Chunks are a live view: the final reply, stored once when the pod
+is done, is what the conversation keeps. So a chunk that cannot be written (Redis away, the
+attempt's lease lost to another worker) stops the relay, never the delivery.
 """
 
 from __future__ import annotations

@@ -60,6 +60,14 @@ def template_kinds(settings: Settings) -> list[bundle.KindRef]:
     return bundle.render(_SAMPLE_ID, settings, keda_keys(_SAMPLE_ID)).kinds()
 
 
+def sweep_kinds(settings: Settings, store: Store) -> list[bundle.KindRef]:
+    """What a sweep must cover: the kinds the templates make now and every kind a bundle was
+    ever applied with (a kind since removed from the templates is still swept from the
+    sessions created with it)."""
+    applied = [bundle.KindRef(api, kind) for api, kind in store.applied_kinds()]
+    return list(dict.fromkeys([*template_kinds(settings), *applied]))
+
+
 def check_templates(settings: Settings) -> None:
     """At start: the templates render, and their KEDA triggers match KEDA_SCALER."""
     bundle.check_scaler_mode(bundle.render(_SAMPLE_ID, settings, keda_keys(_SAMPLE_ID)),
@@ -125,6 +133,8 @@ class Sessions:
     def _create(self, user_id: str) -> dict[str, Any]:
         session_id = self.store.reserve_id()
         rendered = self.render(session_id)
+        # Before the apply: a crash after it must not leave a kind no sweep knows of.
+        self.store.note_applied_kinds([(k.api_version, k.kind) for k in rendered.kinds()])
         try:
             self.kube.apply(rendered)  # sweeps what it applied if it fails part-way
         except KubeNotFound as err:
@@ -155,7 +165,7 @@ class Sessions:
     def delete(self, session_id: str) -> Result:
         self.record(session_id)
         self.store.set_status(session_id, "terminating")  # chats now get 409
-        self.kube.delete(session_id, template_kinds(self.settings))
+        self.kube.delete(session_id, sweep_kinds(self.settings, self.store))
         self.store.delete_session(session_id)
         log.info("session deleted", extra={"session_id": session_id})
         return Result(200, {"uuid": session_id, "status": "terminated",
@@ -317,6 +327,7 @@ class Sessions:
                 return Result(200, {"uuid": session_id, "status": "failed",
                                     "message_id": message_id, "error": stored.get("error")})
             return self._when_settled(session_id, message_id, info["seq"], wait_seconds)
+        relay.flush()  # the chunks a client saw add up to the reply that follows
         settle = functools.partial(
             self.store.finish_delivery, session_id, envelope=info["envelope"],
             lease_token=info["lease_token"], delivered=True, reply_or_error=json.dumps(reply),

@@ -73,3 +73,34 @@ def test_an_unreachable_api_server_ends_the_pass_after_a_few_sessions(settings, 
     assert time.monotonic() - started < 30
     # Nothing was dropped: the next pass with the API server back reaps all twenty.
     assert len(store.expired_page(now=time.time(), offset=0, limit=100)[0]) == 20
+
+
+def test_a_kind_removed_from_the_templates_is_still_swept_from_existing_sessions(
+        settings, store, kube, make_api, tmp_path):
+    """Sessions created while the templates made a Service keep it after service.yaml is
+    removed; delete and the reconciler must still sweep it (the kinds ever applied are
+    recorded), or every such session leaks its Service."""
+    import shutil
+
+    api = make_api(settings)
+    kept, orphaned = api.create(), api.create()
+    without_service = tmp_path / "templates"
+    shutil.copytree(settings.templates_dir, without_service)
+    (without_service / "service.yaml").unlink()
+    later = settings.replace(templates_dir=without_service, reconcile_grace_seconds=0)
+    service_kind = bundle.KindRef("v1", "Service")
+    assert service_kind not in bundle.render(kept, later, store_module.keda_keys(kept)).kinds()
+
+    def services(session_id: str) -> list:
+        return [obj for obj in kube.list_objects(service_kind, bundle.label_selector(session_id))
+                if not obj["metadata"].get("deletionTimestamp")]
+
+    assert services(kept) and services(orphaned)
+    newer = make_api(later)
+    response = newer.client.delete(f"/session/{kept}", headers=newer.headers)
+    assert response.status_code == 200, response.get_json()
+    assert services(kept) == []
+    store.delete_session(orphaned)  # its record lost: the reconciler finds an orphan bundle
+    figures = Reconciler(later, store, kube).run_once()
+    assert figures["orphans_swept"] == 1 and figures["errors"] == 0
+    assert services(orphaned) == []

@@ -25,6 +25,7 @@ from .events import DEFAULT_EVENTS_KEPT, EventLog
 from .keys import (
     ACTIVE_MEMBER,
     ALL_INDEX,
+    APPLIED_KINDS,
     CREATED_SEQ,
     EVENTS_CHANNEL,
     EXPIRY_INDEX,
@@ -162,6 +163,16 @@ class Store(EventLog):
             except UNAVAILABLE as err:
                 raise unavailable(err) from err
         raise RuntimeError("could not allocate a unique session id")
+
+    def note_applied_kinds(self, kinds: list[tuple[str, str]]) -> None:
+        """Remember (apiVersion, kind) pairs a bundle is about to be applied with."""
+        if kinds:
+            self._call(self.redis.sadd, APPLIED_KINDS, *(f"{api} {kind}" for api, kind in kinds))
+
+    def applied_kinds(self) -> list[tuple[str, str]]:
+        """Every (apiVersion, kind) a bundle was ever applied with, sorted."""
+        members = self._call(self.redis.smembers, APPLIED_KINDS)
+        return sorted(tuple(member.split(" ", 1)) for member in members)  # type: ignore[misc]
 
     def release_id(self, session_id: str) -> None:
         self._call(self.redis.delete, _reservation_key(session_id))

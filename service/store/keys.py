@@ -22,6 +22,10 @@ SETTLED_CHANNEL = _P + "settled"
 # Pub/sub channel: a session id whenever its event log grows (or the session is deleted), so
 # every API replica's open /events streams of that session read on at once.
 EVENTS_CHANNEL = _P + "events"
+# Every kind a session bundle was ever applied with ("<apiVersion> <kind>"): sweeps cover
+# these as well as what the templates make now, so a kind removed from the templates is still
+# swept from the sessions that have it.
+APPLIED_KINDS = _P + "kinds"
 ACTIVE_MEMBER = "active"  # the work set's "recently active" member
 # What a /sessions page shows of each record (reading only these keeps pages cheap).
 LISTED_FIELDS = ("user_id", "status", "created_at", "last_activity")
