@@ -57,9 +57,10 @@ def kube_settings(kube):
 
 
 def redis_keys_of(store, session_id):
-    return [k for k in store.redis.keys("*") if session_id in k
-            or session_id in str(store.redis.zscore(k, session_id) if
-                                 store.redis.type(k) == "zset" else "")]
+    """The session's keys and the indexes holding it, sorted (KEYS has no order)."""
+    return sorted(k for k in store.redis.keys("*") if session_id in k
+                  or session_id in str(store.redis.zscore(k, session_id) if
+                                       store.redis.type(k) == "zset" else ""))
 
 
 def commands_processed(store) -> int:
