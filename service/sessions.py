@@ -293,15 +293,24 @@ class Sessions:
                       wait_seconds: int) -> Result:
         """The message's outcome if it comes within wait_seconds (a held chat), else 202."""
         if wait_seconds > 0:
-            settled = self.waiter.wait(session_id, seq, wait_seconds)
-            if settled is not None and settled.get("state") == "delivered":
-                return Result(200, {"uuid": session_id, "status": "processed",
-                                    "message_id": message_id,
-                                    "pod_response": settled.get("reply")})
-            if settled is not None and settled.get("state") == "failed":
-                return Result(200, {"uuid": session_id, "status": "failed",
-                                    "message_id": message_id, "error": settled.get("error")})
+            outcome = self._outcome(session_id, message_id,
+                                    self.waiter.wait(session_id, seq, wait_seconds))
+            if outcome is not None:
+                return outcome
         return self._queued(session_id, message_id)
+
+    @staticmethod
+    def _outcome(session_id: str, message_id: str, stored: dict | None) -> Result | None:
+        """The answer for a settled message (200 processed with the reply, or 200 failed),
+        None while it is not settled."""
+        state = (stored or {}).get("state")
+        if state == "delivered":
+            return Result(200, {"uuid": session_id, "status": "processed",
+                                "message_id": message_id, "pod_response": stored.get("reply")})
+        if state == "failed":
+            return Result(200, {"uuid": session_id, "status": "failed",
+                                "message_id": message_id, "error": stored.get("error")})
+        return None
 
     def _queued(self, session_id: str, message_id: str) -> Result:
         return Result(202, {"uuid": session_id, "status": "queued", "message_id": message_id,
@@ -323,10 +332,9 @@ class Sessions:
                 max_attempts=0 if err.permanent else self.settings.delivery_max_attempts,
                 retry_in_seconds=0 if err.not_sent else self.settings.delivery_backoff_seconds,
                 not_sent=err.not_sent)
-            if stored.get("state") == "failed":
-                return Result(200, {"uuid": session_id, "status": "failed",
-                                    "message_id": message_id, "error": stored.get("error")})
-            return self._when_settled(session_id, message_id, info["seq"], wait_seconds)
+            failed = (self._outcome(session_id, message_id, stored)
+                      if stored.get("state") == "failed" else None)
+            return failed or self._when_settled(session_id, message_id, info["seq"], wait_seconds)
         relay.flush()  # the chunks a client saw add up to the reply that follows
         settle = functools.partial(
             self.store.finish_delivery, session_id, envelope=info["envelope"],
@@ -365,12 +373,9 @@ class Sessions:
         stored = messages[0] if messages else info.get("message", {})
         if stored.get("message") not in (None, message):
             raise Conflict("This message_id was used for a different message")
-        if stored.get("state") == "delivered":
-            return Result(200, {"uuid": session_id, "status": "processed",
-                                "message_id": message_id, "pod_response": stored.get("reply")})
-        if stored.get("state") == "failed":
-            return Result(200, {"uuid": session_id, "status": "failed", "message_id": message_id,
-                                "error": stored.get("error")})
+        outcome = self._outcome(session_id, message_id, stored)
+        if outcome is not None:
+            return outcome
         if info.get("status") == "sleeping":  # still waiting: the retry also resumes
             self._resume_for_chat(session_id)
         return self._when_settled(session_id, message_id, seq, wait_seconds)
