@@ -31,6 +31,7 @@ RUN python3 -m pip install --no-cache-dir -r requirements.txt
 COPY service/ service/
 COPY templates/ templates/
 COPY templates-redis/ templates-redis/
+COPY templates-light/ templates-light/
 # Byte-code compiled at build time: at run time the filesystem is read-only.
 RUN python3 -m compileall -q service
 

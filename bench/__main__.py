@@ -25,6 +25,7 @@ from . import (
     report,
     serving,
     streams,
+    tiers,
     wake,
 )
 from .harness import Context
@@ -45,6 +46,8 @@ FIGURES: dict[str, Callable[[Context], report.Figure]] = {
     # Replies without polling (/events, Prefer: wait) and the streams one process holds.
     "replies": replies.replies,
     "streams": streams.streams,
+    # Archived vs sleeping sessions on the local cluster: objects, etcd, wake, memory.
+    "tiers": tiers.tiers,
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -59,10 +59,12 @@ class ImageSpec:
 
 def image_specs() -> list[ImageSpec]:
     root = paths.REPO_ROOT
+    # Everything the image's COPY lines take (Python, Lua, the OpenAPI document, the page).
     service_files = (root / "Dockerfile", root / "requirements.txt",
-                     *sorted((root / "service").rglob("*.py")),
-                     *sorted((root / "service").rglob("*.lua")),
-                     *sorted((root / "templates").rglob("*")))
+                     *(path for folder in ("service", "templates", "templates-redis",
+                                           "templates-light")
+                       for path in sorted((root / folder).rglob("*"))
+                       if "__pycache__" not in path.parts))
     return [
         ImageSpec(DEMO_AGENT_IMAGE, root / "demo_agent", root / "demo_agent" / "Dockerfile",
                   BASE_IMAGE, (root / "demo_agent" / "Dockerfile",

@@ -1,4 +1,4 @@
-"""`python -m service COMMAND`: render, validate, serve, worker.
+"""`python -m service COMMAND`: render, validate, serve, worker, reapply.
 
 The local development stack (`make run`) is `python -m devcluster`, outside the service."""
 
@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("validate", help="render a sample bundle and validate it")
     commands.add_parser("serve", help="serve the API with gunicorn")
     commands.add_parser("worker", help="deliver messages, watch status, reconcile")
+    reapply = commands.add_parser(
+        "reapply", help="bring every awake session's bundle to the templates' version now")
+    reapply.add_argument("--concurrency", type=int, default=None,
+                         help="bundles applied at once (default: BUNDLE_CONCURRENCY)")
+    reapply.add_argument("--force", action="store_true",
+                         help="also re-apply sessions already on the current version")
     args = parser.parse_args(argv)
 
     try:
@@ -45,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(settings)
     if args.command in ("serve", "worker"):
         from .errors import BundleError
-        from .sessions import check_templates
+        from .templates import check_templates
 
         try:
             settings.check_serving()
@@ -61,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as err:
             print(f"configuration error: {err}", file=sys.stderr)
             return 2
+    if args.command == "reapply":
+        return _reapply(settings, args.concurrency or settings.bundle_concurrency, args.force)
     if args.command == "serve":
         from .serve import serve
 
@@ -85,18 +93,46 @@ def _render(settings: Settings, session_id: str) -> int:
     return 0
 
 
-def _worker(settings: Settings) -> int:
-    from . import logs
-    from .kube import Kube
+def _store(settings: Settings):
     from .store import Store
-    from .worker import Worker
 
-    logs.configure(settings.log_level)
-    store = Store.from_url(
+    return Store.from_url(
         settings.redis_url, socket_timeout_seconds=settings.redis_socket_timeout_seconds,
         session_ttl_seconds=settings.session_ttl_seconds,
         activity_ttl_seconds=settings.activity_ttl_seconds,
         events_kept=settings.max_events_kept, max_connections=settings.redis_max_connections)
+
+
+def _reapply(settings: Settings, concurrency: int, force: bool) -> int:
+    """Re-apply awake sessions' bundles; prints the figures as JSON. Exit 1 if any failed."""
+    import json
+
+    from . import logs
+    from .errors import BundleError, SessionManagerError
+    from .kube import Kube
+    from .tiers import Tiers
+
+    logs.configure(settings.log_level)
+    if not 1 <= concurrency <= 64:
+        print("error: --concurrency must be 1 to 64", file=sys.stderr)
+        return 2
+    try:
+        tiers = Tiers(settings, _store(settings), Kube.from_environment(settings.namespace))
+        figures = tiers.reapply(concurrency=concurrency, force=force)
+    except (BundleError, SessionManagerError) as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return 1
+    print(json.dumps({"version": tiers.version(), **figures}))
+    return 1 if figures["failed"] else 0
+
+
+def _worker(settings: Settings) -> int:
+    from . import logs
+    from .kube import Kube
+    from .worker import Worker
+
+    logs.configure(settings.log_level)
+    store = _store(settings)
     worker = Worker(settings, store, Kube.from_environment(settings.namespace))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -38,8 +38,9 @@ from .metrics import StoreCollector
 from .pods import PodClient
 from .ratelimit import RateLimiter
 from .readiness import Readiness
-from .sessions import Result, Sessions, check_templates
+from .sessions import Result, Sessions
 from .store import Store
+from .templates import check_templates
 from .waiting import requested_wait
 
 log = logging.getLogger("service.api")

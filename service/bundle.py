@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,11 @@ class Bundle:
 
     def kinds(self) -> list[KindRef]:
         return list(dict.fromkeys(KindRef.of(obj) for obj in self.objects))
+
+    def digest(self) -> str:
+        """A short hash of every object as rendered: equal digests, equal bundles."""
+        text = json.dumps(self.objects, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def wave_of(kind: str) -> int:

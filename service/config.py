@@ -103,6 +103,11 @@ class Settings:
     delivery_concurrency: int = 32  # sessions one worker delivers to at once
     reconcile_interval_seconds: int = 30
     reconcile_grace_seconds: int = 300
+    # Idle this long, a session is archived: its bundle is swept from the cluster, its record
+    # and conversation stay (until SESSION_TTL); a chat or a wake applies it again. 0: never.
+    archive_after_seconds: int = 3600
+    # Bundles the archiver sweeps, the restorer applies and `reapply` applies at once.
+    bundle_concurrency: int = 4
     worker_poll_interval_seconds: float = 0.5
     port: int = 8080
     bind_address: str = "0.0.0.0"  # noqa: S104 - a pod serves on its own address
@@ -250,6 +255,10 @@ class Settings:
             reconcile_grace_seconds=read.number(
                 "RECONCILE_GRACE_SECONDS", defaults.reconcile_grace_seconds, minimum=0
             ),
+            archive_after_seconds=read.number(
+                "ARCHIVE_AFTER_SECONDS", defaults.archive_after_seconds, minimum=0),
+            bundle_concurrency=read.number(
+                "BUNDLE_CONCURRENCY", defaults.bundle_concurrency, maximum=64),
             worker_poll_interval_seconds=read.number(
                 "WORKER_POLL_INTERVAL_SECONDS", defaults.worker_poll_interval_seconds, float,
                 minimum=0.01,
@@ -315,6 +324,12 @@ class Settings:
                 "KEDA_COOLDOWN_PERIOD must be smaller than IDLE_TIMEOUT "
                 f"({self.keda_cooldown_period_seconds} >= {self.idle_timeout_seconds})"
             )
+
+        if 0 < self.archive_after_seconds <= self.idle_timeout_seconds:
+            raise ConfigError(
+                "ARCHIVE_AFTER_SECONDS must be 0 (never archive) or longer than IDLE_TIMEOUT "
+                f"({self.archive_after_seconds} <= {self.idle_timeout_seconds}): a session is "
+                "archived only once it has slept")
 
     def check_serving(self) -> None:
         """Rules for processes that answer requests (render/validate don't need keys)."""

@@ -30,6 +30,12 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily("session_manager_sessions_with_pending_messages",
                                 "Sessions with undelivered messages",
                                 value=counts["sessions_with_pending_messages"])
+        yield GaugeMetricFamily("session_manager_sessions_with_bundle",
+                                "Sessions whose objects are in the cluster (not archived)",
+                                value=counts["sessions_with_bundle"])
+        yield GaugeMetricFamily("session_manager_restores_asked",
+                                "Archived sessions a chat or a wake asked back, not yet restored",
+                                value=counts["restores_asked"])
         messages = CounterMetricFamily("session_manager_messages", "Chat messages by outcome",
                                        labels=["outcome"])
         for outcome in ("queued", "delivered", "failed", "forwarded"):

@@ -5,8 +5,9 @@ in the cluster with no record and no create in progress are swept once older tha
 period; (3) records whose Deployment is gone are marked failed, and deletes that were
 interrupted are finished; (4) a paused flag that drifted from the ScaledObject's pause
 annotation (a crash or a Redis error between the two writes of a sleep or a wake) is set back
-to what the cluster does — the annotation is always written first. The figures are returned
-and logged.
+to what the cluster does — the annotation is always written first; (5) an archived session
+whose objects are still there (its archive sweep failed) is swept again. The figures are
+returned and logged.
 
 At scale: cluster lists are paged and metadata-only, records are read a page at a time in one
 round trip, and every expired record is reaped in the pass however many there are. A session
@@ -25,9 +26,10 @@ from . import bundle
 from .config import Settings
 from .errors import KubeError, KubeUnavailable, SessionManagerError
 from .kube import DEPLOYMENT_KIND, PAUSE_KIND, PAUSED_REPLICAS_ANNOTATION, Kube
-from .sessions import sweep_kinds
 from .status import session_of
 from .store import Store
+from .templates import sweep_kinds
+from .tiers import Tiers
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,12 @@ class Reconciler:
         self.settings = settings
         self.store = store
         self.kube = kube
+        self.tiers = Tiers(settings, store, kube)
 
     def run_once(self) -> dict[str, int]:
         figures = {"expired_swept": 0, "orphans_swept": 0, "records_failed": 0,
-                   "deletes_finished": 0, "pauses_repaired": 0, "errors": 0}
+                   "deletes_finished": 0, "pauses_repaired": 0, "archives_swept": 0,
+                   "errors": 0}
         self._paused: dict[str, bool] = {}
         self._unavailable_in_a_row = 0
         try:
@@ -136,15 +140,28 @@ class Reconciler:
         cutoff = time.time() - self.settings.reconcile_grace_seconds
         for ids in self.store.iter_id_pages(batch=PAGE_SIZE):
             for session_id, record in self.store.get_sessions(ids).items():
-                if _epoch(record["created_at"]) <= cutoff:
-                    self._check_record(session_id, record, deployments, kinds, figures)
+                # Not a bundle applied since the listing (a create, a restore) either.
+                applied = float(record.get("applied_at") or 0)
+                if _epoch(record["created_at"]) <= cutoff and applied <= cutoff:
+                    self._check_record(session_id, record, deployments, live, kinds,
+                                       figures)
 
     def _check_record(self, session_id: str, record: dict[str, str], deployments: set,
-                      kinds: list[bundle.KindRef], figures: dict[str, int]) -> None:
+                      live: dict[str, float], kinds: list[bundle.KindRef],
+                      figures: dict[str, int]) -> None:
         if record["status"] == "terminating":
             if self._sweep(session_id, kinds, figures):  # a delete that died half-way
                 self.store.delete_session(session_id)
                 figures["deletes_finished"] += 1
+        elif record["status"] == "archived":
+            if session_id in live:  # an archive whose sweep failed (or a restore's apply did)
+                try:
+                    if self.tiers.sweep_if_free(session_id):
+                        figures["archives_swept"] += 1
+                except KubeError as err:
+                    figures["errors"] += 1
+                    log.warning("could not sweep an archived session: %s", err.message,
+                                extra={"session_id": session_id})
         elif session_id not in deployments and record["status"] != "failed":
             self.store.set_status(session_id, "failed", reason=BUNDLE_MISSING)
             figures["records_failed"] += 1

@@ -7,6 +7,7 @@ worker keeps in step with the cluster, so reads never wait on the Kubernetes API
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -16,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from . import bundle, names
+from . import names
 from .config import Settings
 from .errors import (
     BacklogFull,
@@ -34,7 +35,9 @@ from .kube import Kube
 from .notices import Notices
 from .pods import PodClient, PodError
 from .relay import ChunkRelay
-from .store import ACTIVE_STATUSES, STATUSES, Store, hash_token, iso, keda_keys, utc_now
+from .store import ACTIVE_STATUSES, STATUSES, Store, hash_token, iso, utc_now
+from .templates import sweep_kinds
+from .tiers import REFRESHED_STATUSES, Tiers
 from .waiting import ReplyWaiter
 
 log = logging.getLogger(__name__)
@@ -51,29 +54,6 @@ class Result:
     body: dict[str, Any]
 
 
-_SAMPLE_ID = "s" + "a" * 16
-
-
-def template_kinds(settings: Settings) -> list[bundle.KindRef]:
-    """Every kind the templates produce: what a sweep must cover. Kinds do not depend on the
-    session, so a sample id stands in."""
-    return bundle.render(_SAMPLE_ID, settings, keda_keys(_SAMPLE_ID)).kinds()
-
-
-def sweep_kinds(settings: Settings, store: Store) -> list[bundle.KindRef]:
-    """What a sweep must cover: the kinds the templates make now and every kind a bundle was
-    ever applied with (a kind since removed from the templates is still swept from the
-    sessions created with it)."""
-    applied = [bundle.KindRef(api, kind) for api, kind in store.applied_kinds()]
-    return list(dict.fromkeys([*template_kinds(settings), *applied]))
-
-
-def check_templates(settings: Settings) -> None:
-    """At start: the templates render, and their KEDA triggers match KEDA_SCALER."""
-    bundle.check_scaler_mode(bundle.render(_SAMPLE_ID, settings, keda_keys(_SAMPLE_ID)),
-                             settings)
-
-
 def public_session(session_id: str, record: dict[str, str]) -> dict[str, Any]:
     return {"uuid": session_id, "user_id": record["user_id"], "status": record["status"],
             "created_at": record["created_at"], "last_activity": record["last_activity"]}
@@ -86,6 +66,7 @@ class Sessions:
         self.store = store
         self.kube = kube
         self.pods = pods or PodClient(settings, address_of=store.pod_address)
+        self.tiers = Tiers(settings, store, kube)
         self.notices = Notices(store)  # held chats and event streams wake on its notices
         self.waiter = ReplyWaiter(store, self.notices, max_kept=settings.max_messages_kept)
         # Chats waiting on pods in this process (MAX_FORWARDS); past it, the worker delivers.
@@ -102,8 +83,6 @@ class Sessions:
             raise SessionNotFound()
         return record
 
-    def render(self, session_id: str) -> bundle.Bundle:
-        return bundle.render(session_id, self.settings, keda_keys(session_id))
 
     # -- create / delete -----------------------------------------------------------------
 
@@ -132,9 +111,11 @@ class Sessions:
 
     def _create(self, user_id: str) -> dict[str, Any]:
         session_id = self.store.reserve_id()
-        rendered = self.render(session_id)
+        version = self.tiers.version()
+        rendered = self.tiers.render(session_id)
+        kinds = [(k.api_version, k.kind) for k in rendered.kinds()]
         # Before the apply: a crash after it must not leave a kind no sweep knows of.
-        self.store.note_applied_kinds([(k.api_version, k.kind) for k in rendered.kinds()])
+        self.store.note_applied_kinds(kinds)
         try:
             self.kube.apply(rendered)  # sweeps what it applied if it fails part-way
         except KubeNotFound as err:
@@ -149,7 +130,8 @@ class Sessions:
         now = utc_now()
         try:
             record = self.store.create_session(session_id, user_id=user_id,
-                                               token_hash=hash_token(token), now=now)
+                                               token_hash=hash_token(token), now=now,
+                                               bundle_version=version, bundle_kinds=kinds)
         except BaseException:
             # No record means no bundle: take the objects back before reporting the failure.
             try:
@@ -177,6 +159,15 @@ class Sessions:
         record = self.record(session_id)
         if record["status"] == "terminating":
             raise Conflict("The session is being deleted")
+        if record["status"] == "archived":
+            # Asked first, durably: if this restore cannot run now, the worker's does.
+            self.store.ask_restore(session_id)
+            self.tiers.restore(session_id)
+            self.store.touch(session_id)
+            return Result(202, {"uuid": session_id, "action": "wake", "status": "waking"})
+        if record["status"] in REFRESHED_STATUSES \
+                and record.get("bundle_version") != self.tiers.version():
+            self.tiers.refresh(session_id)  # before the pod starts: it starts on the new one
         # Always, whatever the flag says: the unpause is idempotent, and a flag that drifted
         # from the annotation (a crash between the two writes) must not keep a session asleep.
         self._resume(session_id)
@@ -190,6 +181,25 @@ class Sessions:
         if self.kube.set_paused(session_id, False):
             raise Unavailable("KEDA pause annotation could not be removed; retry")
         self.store.set_paused(session_id, False)
+
+    def _wake_for_chat(self, session_id: str, info: dict) -> None:
+        """A chat was queued for a session that is not running. An archived one gets its
+        bundle back (the restore index holds the ask, so the worker restores it if this
+        cannot); one asleep on an older bundle is brought up to date first, and only then are
+        the scalers told (admit_chat left that to us). Slept (flag) or asleep as the cluster
+        says, it is resumed: the unpause is sent either way, so a flag that drifted from the
+        annotation cannot keep the session from waking."""
+        if info["needs"] == "restore":
+            self.tiers.restore(session_id)
+            return
+        if info["needs"] == "refresh":
+            self.tiers.refresh(session_id)
+        if info["paused"] or info["status"] == "sleeping":
+            self._resume_for_chat(session_id)
+        if info["needs"] == "refresh":
+            # If Redis is away now, KEDA's next IsActive poll sees the work all the same.
+            with contextlib.suppress(Unavailable):
+                self.store.notify_work(session_id)
 
     def _resume_for_chat(self, session_id: str) -> None:
         """A chat was admitted for a session that is not running: make sure it is not held
@@ -207,6 +217,11 @@ class Sessions:
         record = self.record(session_id)
         if record["status"] == "terminating":
             raise Conflict("The session is being deleted")
+        if record["status"] == "archived":
+            return Result(200, {
+                "uuid": session_id, "action": "sleep", "status": "archived",
+                "message": "Session is archived: it has no objects in the cluster; a chat or "
+                           "a wake brings them back"})
         if not self.kube.set_paused(session_id, True):
             raise Unavailable("KEDA pause annotation did not stick; retry")
         self.store.set_paused(session_id, True)
@@ -262,6 +277,7 @@ class Sessions:
                 max_kept=self.settings.max_messages_kept, allow_forward=slot,
                 lease_seconds=self.settings.delivery_lease_seconds,
                 budget_bytes=self.settings.max_session_bytes,
+                bundle_version=self.tiers.version(),
             )
             if mode == "forward":
                 return self._forward(session_id, message, message_id, info, wait_seconds)
@@ -283,10 +299,8 @@ class Sessions:
                 "delivered", limit=self.settings.max_session_bytes, retry_after_seconds=5)
         if mode == "duplicate":
             return self._replay(session_id, message, message_id, info, wait_seconds)
-        # Slept (flag) or asleep as the cluster says: the unpause is sent either way, so a
-        # flag that drifted from the annotation cannot keep the session from waking.
-        if mode == "queued" and (info["paused"] or info["status"] == "sleeping"):
-            self._resume_for_chat(session_id)
+        if mode == "queued" and info["status"] != "running":
+            self._wake_for_chat(session_id, info)
         return self._when_settled(session_id, message_id, info["seq"], wait_seconds)
 
     def _when_settled(self, session_id: str, message_id: str, seq: int,
@@ -378,6 +392,9 @@ class Sessions:
             return outcome
         if info.get("status") == "sleeping":  # still waiting: the retry also resumes
             self._resume_for_chat(session_id)
+        elif info.get("status") == "archived":  # and brings an archived session back
+            self.store.ask_restore(session_id)
+            self.tiers.restore(session_id)
         return self._when_settled(session_id, message_id, seq, wait_seconds)
 
     def messages(self, session_id: str, *, after: int, limit: int) -> Result:
@@ -403,6 +420,7 @@ class Sessions:
             "total_sessions": counts["total"],
             "active_sessions": sum(counts[s] for s in ACTIVE_STATUSES),
             "sleeping_sessions": counts["sleeping"],
+            "archived_sessions": counts["archived"],
             "failed_sessions": counts["failed"],
             "sessions_by_status": {s: counts[s] for s in STATUSES},
             "sessions_with_pending_messages": counts["sessions_with_pending_messages"],

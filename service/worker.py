@@ -3,7 +3,9 @@ what has no record. Safe to run as several replicas:
 
 - delivery: any worker may deliver any session, one message at a time under a per-session
   lease in Redis (claim = atomic move into an in-flight list that survives a crash);
-- status watching and reconciling: one leader each, elected with a renewed lease;
+- status watching, reconciling and archiving: one leader each, elected with a renewed lease;
+- restores of archived sessions a chat or a wake asked for (and their API process could not
+  do): any worker, under the session's bundle lock;
 - KEDA's external-push scaler (KEDA_SCALER=push): every replica serves it (`scaler`);
 - liveness: every loop beats (`health`); /healthz on WORKER_HEALTH_PORT fails when one stalls.
 """
@@ -30,6 +32,7 @@ from .relay import ChunkRelay
 from .scaler import ScalerServer
 from .status import StatusTracker
 from .store import Store
+from .tiers import Tiers
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +62,21 @@ class Worker:
         self.tracker = StatusTracker(store)
         self.health: HealthServer | None = None  # set by run(health_port=...)
         self.reconciler = Reconciler(settings, store, kube)
+        self.tiers = Tiers(settings, store, kube)
+        # Sweeps of the archiver's passes, and restores: each their own pool, so a long
+        # archive pass never keeps a restore (a chat waiting) behind it.
+        self.archive_pool = ThreadPoolExecutor(settings.bundle_concurrency,
+                                               thread_name_prefix="archive")
+        self.restore_pool = ThreadPoolExecutor(settings.bundle_concurrency,
+                                               thread_name_prefix="restore")
+        self._restoring: set[str] = set()
         # What each loop may take between two beats before /healthz calls the worker stalled.
         watch_allowance = 2 * (watch_timeout_seconds + WATCH_READ_MARGIN_SECONDS) + 10
         self.heartbeats = Heartbeats({
             "delivery": 30.0,
             "watch:Deployment": watch_allowance, "watch:Pod": watch_allowance,
             "reconciler": max(300.0, 4.0 * settings.reconcile_interval_seconds),
+            "archiver": 600.0,
             "scaler": 30.0, "scaler-notify": 30.0,
         })
 
@@ -142,6 +154,42 @@ class Worker:
         log.info("message delivered", extra={"session_id": session_id,
                                              "message_id": message["message_id"]})
         return True
+
+    # -- archive and restore -------------------------------------------------------------
+
+    def restore_due(self) -> int:
+        """Start every restore that is due; returns how many were started."""
+        started = 0
+        for session_id in self.store.restores_due(limit=100):
+            with self._draining_lock:
+                if session_id in self._restoring:
+                    continue
+                self._restoring.add(session_id)
+            self.restore_pool.submit(self._restore_safely, session_id)
+            started += 1
+        return started
+
+    def _restore_safely(self, session_id: str) -> None:
+        try:
+            self.tiers.restore(session_id)
+        except Exception:
+            log.exception("restore failed unexpectedly", extra={"session_id": session_id})
+        finally:
+            with self._draining_lock:
+                self._restoring.discard(session_id)
+
+    def archive_periodically(self, term_over: threading.Event) -> None:
+        # A tenth of ARCHIVE_AFTER_SECONDS between passes (1 to 60 s): a session is archived
+        # at most that much later than it could be.
+        interval = min(60.0, max(1.0, self.settings.archive_after_seconds / 10))
+        while not term_over.is_set():
+            self.heartbeats.beat("archiver")
+            figures = self.tiers.archive_idle(self.archive_pool)
+            if any(figures.values()):
+                log.info("archive pass", extra={"figures": figures})
+            self.heartbeats.beat("archiver")
+            term_over.wait(interval)
+        self.heartbeats.forget("archiver")
 
     # -- leadership ----------------------------------------------------------------------
 
@@ -263,6 +311,10 @@ class Worker:
                              args=("reconciler", stop, self.reconcile_periodically),
                              daemon=True, name="reconciler"),
         ]
+        if self.settings.archive_after_seconds:
+            leaders.append(threading.Thread(
+                target=self._lead, args=("archiver", stop, self.archive_periodically),
+                daemon=True, name="archiver"))
         for thread in leaders:
             thread.start()
         reported_at = float("-inf")
@@ -270,6 +322,7 @@ class Worker:
             self.heartbeats.beat("delivery")
             try:
                 self.deliver_due()
+                self.restore_due()
                 if time.monotonic() - reported_at >= REPORT_INTERVAL_SECONDS:
                     # What the API's /health tells of the workers (stalled loops included).
                     self.store.report_worker(self.worker_id, sorted(self.heartbeats.stalled()))
@@ -282,6 +335,8 @@ class Worker:
         if push is not None:
             push.stop()
         self.delivery_pool.shutdown(wait=True)
+        self.restore_pool.shutdown(wait=True)
+        self.archive_pool.shutdown(wait=True, cancel_futures=True)
         if health is not None:
             health.stop()
         log.info("worker stopped", extra={"worker_id": self.worker_id})

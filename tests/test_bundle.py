@@ -157,7 +157,7 @@ def test_trigger_authentication_reads_the_redis_secret(settings):
 
 def test_templates_that_do_not_match_the_scaler_mode_refuse_to_start(settings):
     from service.config import ConfigError
-    from service.sessions import check_templates
+    from service.templates import check_templates
 
     check_templates(settings)
     check_templates(settings.replace(**REDIS_MODE))

@@ -162,7 +162,7 @@ def test_a_chat_whose_resume_fails_is_still_accepted_and_its_retry_resumes(
     assert (code, body["status"]) == (202, "queued")  # accepted: never a 503 after admission
     assert store.queue_length(session_id) == 1
     assert store.get_session(session_id)["paused"] == "1"  # not resumed...
-    kube.apply(api.app.extensions["session_manager"]["sessions"].render(session_id))
+    kube.apply(api.app.extensions["session_manager"]["sessions"].tiers.render(session_id))
     kube.set_paused(session_id, True)
     code, body = api.chat(session_id, "kept anyway", "m-1")  # ...until the retry
     assert (code, body["status"]) == (202, "queued")

@@ -5,9 +5,14 @@
 -- stays there until the message is settled, so the pod is never scaled away under it), the
 -- record's TTLs are refreshed, and the push scaler is told at once (PUBLISH).
 -- KEYS: record, queue, inflight, messages, message_ids, pending_index, lease, stats,
---       expiry_index, work, events
+--       expiry_index, work, events, bundled_index, restore_index
 -- ARGV: id, message_id, message_json, now_ms, max_queued, max_kept, lease_token, lease_ms,
---       allow_forward, now_iso, ttl_seconds, expires_at, work_channel, budget_bytes
+--       allow_forward, now_iso, ttl_seconds, expires_at, work_channel, budget_bytes,
+--       bundle_version (the templates' now)
+-- The bundle comes first for a session that is not running: an archived one has none (a
+-- restore is asked, in the restore index, durably), a sleeping or failed one may run an
+-- older version of the templates ('refresh'). Either way the scalers are not told here:
+-- the caller tells them once the bundle is applied, so no pod starts from the old one.
 -- The conversation also keeps within budget_bytes (0: no budget): the oldest settled
 -- messages make room; when only unsettled ones are left, the chat is refused ('budget').
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -74,8 +79,19 @@ for i = 1, 5 do
   if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[11]) end
 end
 redis.call('ZADD', KEYS[9], ARGV[12], ARGV[1])
+redis.call('ZADD', KEYS[12], 'XX', tonumber(ARGV[12]) - tonumber(ARGV[11]), ARGV[1])
 -- Pending work has no TTL: only an idle session's work set expires.
 redis.call('SADD', KEYS[10], 'active', 'm:' .. seq)
 redis.call('PERSIST', KEYS[10])
-redis.call('PUBLISH', ARGV[13], ARGV[1])
-return {mode, tostring(seq), envelope, redis.call('HGET', KEYS[1], 'paused') or '0', status}
+local needs = ''
+if status == 'archived' then
+  needs = 'restore'
+  redis.call('ZADD', KEYS[13], 'NX', now, ARGV[1])
+elseif (status == 'sleeping' or status == 'failed')
+    and redis.call('HGET', KEYS[1], 'bundle_version') ~= ARGV[15] then
+  needs = 'refresh'
+else
+  redis.call('PUBLISH', ARGV[13], ARGV[1])
+end
+return {mode, tostring(seq), envelope, redis.call('HGET', KEYS[1], 'paused') or '0', status,
+        needs}

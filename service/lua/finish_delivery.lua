@@ -10,7 +10,7 @@
 -- The outcome goes to the session's event log: the final reply (`reply`), a failure or a
 -- retry (`message`); the attempt's chunks are dropped from it (the outcome supersedes them).
 -- KEYS: record, queue, inflight, messages, pending_index, lease, stats, expiry_index, work,
---       message_ids, events
+--       message_ids, events, bundled_index
 -- ARGV: id, envelope, lease_token, outcome ('delivered'|'failed'), reply_json_or_error,
 --       now_iso, now_ms, max_attempts, retry_at_ms, ttl_seconds, expires_at,
 --       activity_ttl_seconds, extra_counter ('' or a stats field to count a delivery under),
@@ -95,6 +95,7 @@ if ARGV[4] == 'delivered' and redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('EXPIRE', KEYS[1], ARGV[10])
   redis.call('EXPIRE', KEYS[4], ARGV[10])
   redis.call('ZADD', KEYS[8], ARGV[11], ARGV[1])
+  redis.call('ZADD', KEYS[12], 'XX', tonumber(ARGV[11]) - tonumber(ARGV[10]), ARGV[1])
   if ARGV[13] ~= '' then redis.call('HINCRBY', KEYS[7], ARGV[13], 1) end
 end
 local message = redis.call('HGET', KEYS[4], seq)

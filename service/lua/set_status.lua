@@ -8,6 +8,8 @@ local old = redis.call('HGET', KEYS[1], 'status')
 if not old then return false end
 local new = ARGV[2]
 if old == 'terminating' and new ~= 'terminating' then return old end
+-- Archived until a restore applies its bundle again (note_bundle), whoever speaks.
+if old == 'archived' and new ~= 'terminating' then return old end
 -- An explicitly slept session stays "sleeping" while KEDA is still scaling it down.
 if ARGV[5] == '1' and redis.call('HGET', KEYS[1], 'paused') == '1'
     and (new == 'waking' or new == 'running') then

@@ -26,11 +26,13 @@ from .keys import (
     ACTIVE_MEMBER,
     ALL_INDEX,
     APPLIED_KINDS,
+    BUNDLED_INDEX,
     CREATED_SEQ,
     EVENTS_CHANNEL,
     EXPIRY_INDEX,
     LISTED_FIELDS,
     PENDING_INDEX,
+    RESTORE_INDEX,
     SETTLED_CHANNEL,
     STATS,
     STATUS_INDEX_PREFIX,
@@ -52,8 +54,10 @@ from .keys import (
 from .keys import (
     keda_keys as keda_keys,
 )
+from .tiers import BundleTiers
 
-STATUSES = ("created", "waking", "running", "sleeping", "failed", "terminating")
+# archived: idle past ARCHIVE_AFTER_SECONDS, its bundle swept; record and conversation kept.
+STATUSES = ("created", "waking", "running", "sleeping", "archived", "failed", "terminating")
 ACTIVE_STATUSES = ("created", "waking", "running")
 _WORKER_REPORT_KEPT_SECONDS = 3600  # a report older than this is a replica long gone
 DEFAULT_MAX_CONNECTIONS = 100  # per process (REDIS_MAX_CONNECTIONS)
@@ -83,7 +87,7 @@ def _decode(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class Store(EventLog):
+class Store(EventLog, BundleTiers):
     def __init__(self, client: redis.Redis, *, session_ttl_seconds: int,
                  activity_ttl_seconds: int, events_kept: int = DEFAULT_EVENTS_KEPT) -> None:
         self.redis = client
@@ -181,17 +185,20 @@ class Store(EventLog):
         return bool(self._call(self.redis.exists, _reservation_key(session_id)))
 
     def create_session(self, session_id: str, *, user_id: str, token_hash: str,
-                       now: datetime) -> dict[str, str]:
+                       now: datetime, bundle_version: str = "",
+                       bundle_kinds: list[tuple[str, str]] = ()) -> dict[str, str]:
         fields = {
             "user_id": user_id, "status": "created", "reason": "", "created_at": iso(now),
             "last_activity": iso(now), "token": token_hash, "paused": "0",
-            "replicas": "0", "ready_replicas": "0",
+            "replicas": "0", "ready_replicas": "0", "bundle_version": bundle_version,
+            "bundle_kinds": ",".join(f"{api} {kind}" for api, kind in bundle_kinds),
+            "applied_at": str(int(now.timestamp())),
         }
         flat = [item for pair in fields.items() for item in pair]
         created = self._run(
             "create_session",
             [record_key(session_id), ALL_INDEX, STATUS_INDEX_PREFIX + "created", EXPIRY_INDEX,
-             work_key(session_id), _reservation_key(session_id), CREATED_SEQ],
+             work_key(session_id), _reservation_key(session_id), CREATED_SEQ, BUNDLED_INDEX],
             [session_id, self.session_ttl, self.activity_ttl,
              int(now.timestamp()) + self.session_ttl, *flat],
         )
@@ -226,7 +233,7 @@ class Store(EventLog):
         now = utc_now()
         return bool(self._run(
             "touch",
-            [record_key(session_id), EXPIRY_INDEX, work_key(session_id),
+            [record_key(session_id), EXPIRY_INDEX, work_key(session_id), BUNDLED_INDEX,
              *_data_keys(session_id)],
             [session_id, iso(now), self.session_ttl, int(now.timestamp()) + self.session_ttl,
              self.activity_ttl, WORK_CHANNEL],
@@ -291,8 +298,8 @@ class Store(EventLog):
         return bool(self._run(
             "delete_session",
             [record_key(session_id), ALL_INDEX, EXPIRY_INDEX, PENDING_INDEX,
-             STATUS_INDEX_PREFIX, work_key(session_id), _delivery_lease(session_id),
-             *_data_keys(session_id)],
+             STATUS_INDEX_PREFIX, BUNDLED_INDEX, RESTORE_INDEX, work_key(session_id),
+             _delivery_lease(session_id), *_data_keys(session_id)],
             [session_id, *STATUSES],
         ))
 
@@ -324,11 +331,14 @@ class Store(EventLog):
             for status in STATUSES:
                 pipe.zcard(STATUS_INDEX_PREFIX + status)
             pipe.zcard(PENDING_INDEX)
+            pipe.zcard(BUNDLED_INDEX)
+            pipe.zcard(RESTORE_INDEX)
             pipe.hgetall(STATS)
-            total, *by_status, pending, stats = pipe.execute()
+            total, *by_status, pending, bundled, restores, stats = pipe.execute()
         except UNAVAILABLE as err:
             raise unavailable(err) from err
-        counts = {"total": total, "sessions_with_pending_messages": pending}
+        counts = {"total": total, "sessions_with_pending_messages": pending,
+                  "sessions_with_bundle": bundled, "restores_asked": restores}
         counts.update(dict(zip(STATUSES, by_status, strict=True)))
         for name in ("queued", "delivered", "failed", "forwarded"):
             counts[f"messages_{name}"] = int(stats.get(name, 0))
@@ -417,9 +427,12 @@ class Store(EventLog):
 
     def admit_chat(self, session_id: str, *, message_id: str, message: dict,
                    max_queued: int, max_kept: int, allow_forward: bool,
-                   lease_seconds: int, budget_bytes: int = 0) -> tuple[str, dict]:
+                   lease_seconds: int, budget_bytes: int = 0,
+                   bundle_version: str = "") -> tuple[str, dict]:
         """Returns (mode, info): mode is forward|queued|duplicate|backlog|budget|gone|
-        terminating.
+        terminating. A queued message's info["needs"] is "restore" (archived: asked in the
+        restore index), "refresh" (asleep on a bundle other than `bundle_version`) or "";
+        when not "", the scalers have not been told (the caller does, once it is applied).
         An admitted message also counts as activity (TTLs and KEDA's activity key)."""
         token = secrets.token_hex(8)
         now = utc_now()
@@ -428,17 +441,17 @@ class Store(EventLog):
             [record_key(session_id), queue_key(session_id), _inflight_key(session_id),
              _messages_key(session_id), _message_ids_key(session_id), PENDING_INDEX,
              _delivery_lease(session_id), STATS, EXPIRY_INDEX, work_key(session_id),
-             events_key(session_id)],
+             events_key(session_id), BUNDLED_INDEX, RESTORE_INDEX],
             [session_id, message_id, json.dumps(message), int(now.timestamp() * 1000),
              max_queued, max_kept, token, lease_seconds * 1000, "1" if allow_forward else "0",
              iso(now), self.session_ttl, int(now.timestamp()) + self.session_ttl,
-             WORK_CHANNEL, budget_bytes],
+             WORK_CHANNEL, budget_bytes, bundle_version],
         )
         mode = result[0]
         if mode in ("forward", "queued"):
             return mode, {"seq": int(result[1]), "envelope": result[2],
                           "paused": result[3] == "1", "lease_token": token,
-                          "status": result[4]}
+                          "status": result[4], "needs": result[5]}
         if mode == "duplicate":
             return mode, {"seq": int(result[1]),
                           "message": json.loads(result[2]) if result[2] else {},
@@ -494,7 +507,7 @@ class Store(EventLog):
             [record_key(session_id), queue_key(session_id), _inflight_key(session_id),
              _messages_key(session_id), PENDING_INDEX, _delivery_lease(session_id), STATS,
              EXPIRY_INDEX, work_key(session_id), _message_ids_key(session_id),
-             events_key(session_id)],
+             events_key(session_id), BUNDLED_INDEX],
             [session_id, envelope, lease_token, "delivered" if delivered else "failed",
              reply_or_error, iso(moment), now, max_attempts,
              now + int(retry_in_seconds * 1000), self.session_ttl,

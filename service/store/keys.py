@@ -26,6 +26,12 @@ EVENTS_CHANNEL = _P + "events"
 # these as well as what the templates make now, so a kind removed from the templates is still
 # swept from the sessions that have it.
 APPLIED_KINDS = _P + "kinds"
+# Sessions whose bundle is in the cluster; score = last activity (epoch s). The archiver reads
+# the oldest; the scripts that record activity move a member's score (ZADD XX), archiving
+# removes it, create and restore add it.
+BUNDLED_INDEX = _P + "bundled"
+# Archived sessions a chat or a wake asked back; score = when a restore is due (epoch ms).
+RESTORE_INDEX = _P + "restore"
 ACTIVE_MEMBER = "active"  # the work set's "recently active" member
 # What a /sessions page shows of each record (reading only these keeps pages cheap).
 LISTED_FIELDS = ("user_id", "status", "created_at", "last_activity")
@@ -70,6 +76,12 @@ def _lease_key(name: str) -> str:
 
 def _delivery_lease(session_id: str) -> str:
     return _lease_key(f"deliver:{session_id}")
+
+
+def _bundle_lock(session_id: str) -> str:
+    """Held by whoever changes the session's objects (archive sweep, restore, re-apply), so a
+    restore never applies onto objects a sweep is still deleting."""
+    return _lease_key(f"bundle:{session_id}")
 
 
 def _reservation_key(session_id: str) -> str:

@@ -1,4 +1,4 @@
-"""The cluster: the only module that imports the Kubernetes client.
+"""The cluster: the only package that imports the Kubernetes client.
 
 Applies a bundle with server-side apply (one field manager, forced: these objects are ours),
 sweeps a session's objects by label, reads a session's Deployment, and turns the client's
@@ -15,32 +15,24 @@ import logging
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-import urllib3
-from kubernetes import client, config, dynamic, watch
-from kubernetes.client.exceptions import ApiException
-from kubernetes.dynamic import exceptions as dynamic_errors
+from kubernetes import client, config, dynamic
 
-from . import names
-from .bundle import Bundle, KindRef, label_selector, wave_of
-from .errors import (
-    KubeConflict,
-    KubeError,
-    KubeForbidden,
-    KubeNotFound,
-    KubeRejected,
-    KubeUnavailable,
-)
+from .. import names
+from ..bundle import Bundle, KindRef, label_selector, wave_of
+from ..errors import KubeError, KubeNotFound
+from .common import CLIENT_ERRORS, FIELD_MANAGER, _translate
+from .setup import ClusterSetup
+from .watching import WATCH_READ_MARGIN_SECONDS as WATCH_READ_MARGIN_SECONDS
+from .watching import Watching
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-FIELD_MANAGER = "session-manager"
 PAUSED_REPLICAS_ANNOTATION = "autoscaling.keda.sh/paused-replicas"
 DELETE_PROPAGATION = "Background"  # never Orphan: ReplicaSets and Pods go with the Deployment
 
@@ -55,8 +47,6 @@ VERBS = {
 DEPLOYMENT_KIND = KindRef("apps/v1", "Deployment")
 WATCHED_KINDS = (DEPLOYMENT_KIND, KindRef("v1", "Pod"))
 PAUSE_KIND = KindRef("keda.sh/v1alpha1", "ScaledObject")
-# A watch asked to end after N seconds that has sent nothing for N + this is dead.
-WATCH_READ_MARGIN_SECONDS = 10
 
 
 def required_permissions(bundle_kinds: Iterable[KindRef]) -> dict[KindRef, set[str]]:
@@ -89,48 +79,6 @@ LIST_PAGE_SIZE = 500
 METADATA_LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 
 
-def _translate(err: Exception, *, kind: str | None = None, name: str | None = None) -> KubeError:
-    if isinstance(err, (dynamic_errors.DynamicApiError, ApiException)):
-        status = getattr(err, "status", None)
-        reason = _reason(err)
-        message = f"{kind or 'object'} {name or ''}: {status} {reason}".strip()
-        if status == 404:
-            return KubeNotFound(message, api_status=status, kind=kind, name=name)
-        # 1.20 answers 500 "failed to create typed patch object" to a server-side apply whose
-        # body does not match the schema; later versions say 422. Either way: a bad object.
-        if status in (400, 422) or (status == 500 and "typed patch object" in reason):
-            return KubeRejected(message, api_status=status, kind=kind, name=name)
-        if status == 403:
-            return KubeForbidden(message, api_status=status, kind=kind, name=name)
-        if status == 409:
-            return KubeConflict(message, api_status=status, kind=kind, name=name)
-        if status in (429, 500, 502, 503, 504):
-            return KubeUnavailable(message, api_status=status, kind=kind, name=name)
-        return KubeError(message, api_status=status, kind=kind, name=name)
-    if isinstance(err, dynamic_errors.ResourceNotFoundError):
-        return KubeNotFound(f"the API server does not serve {kind}: {err}", kind=kind)
-    return KubeUnavailable(f"cannot reach the Kubernetes API: {type(err).__name__}", kind=kind)
-
-
-def _reason(err: Exception) -> str:
-    summary = getattr(err, "summary", None)
-    if callable(summary):
-        try:
-            return str(summary())
-        except Exception:  # noqa: BLE001, S110 - a best-effort message must not hide the error
-            pass
-    return str(getattr(err, "reason", "") or err)[:500]
-
-
-_CLIENT_ERRORS = (
-    dynamic_errors.DynamicApiError,
-    dynamic_errors.ResourceNotFoundError,
-    ApiException,
-    urllib3.exceptions.HTTPError,
-    OSError,
-)
-
-
 def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube)."""
     configuration = client.Configuration()
@@ -142,7 +90,7 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
-class Kube:
+class Kube(Watching, ClusterSetup):
     def __init__(self, api_client: client.ApiClient, namespace: str, *, parallel: int = 4,
                  request_timeout_seconds: float = 15.0) -> None:
         self.api_client = api_client
@@ -168,31 +116,34 @@ class Kube:
                     self._dynamic_client = dynamic.DynamicClient(
                         self.api_client, cache_file=self._cache_file
                     )
-                except _CLIENT_ERRORS as err:
+                except CLIENT_ERRORS as err:
                     raise _translate(err) from err
             return self._dynamic_client
 
     def _resource(self, kind: KindRef) -> Any:
         try:
             return self.dynamic.resources.get(api_version=kind.api_version, kind=kind.kind)
-        except _CLIENT_ERRORS as err:
+        except CLIENT_ERRORS as err:
             raise _translate(err, kind=kind.kind) from err
 
     def _call(self, fn: Callable[[], T], *, kind: str | None = None,
               name: str | None = None) -> T:
         try:
             return fn()
-        except _CLIENT_ERRORS as err:
+        except CLIENT_ERRORS as err:
             raise _translate(err, kind=kind, name=name) from err
 
     # -- apply ---------------------------------------------------------------------------
 
-    def apply(self, bundle: Bundle) -> None:
-        """Apply every object, wave by wave; on any failure sweep the session and re-raise."""
+    def apply(self, bundle: Bundle, *, sweep_on_failure: bool = True) -> None:
+        """Apply every object, wave by wave; on any failure sweep the session (a create's
+        half-made bundle; not a re-apply's, whose objects are live) and re-raise."""
         try:
             for wave in bundle.waves():
                 self._run_parallel(self._apply_one, wave)
         except KubeError:
+            if not sweep_on_failure:
+                raise
             log.warning("apply failed part-way; sweeping the session's objects",
                         extra={"session_id": bundle.session_id})
             try:
@@ -276,6 +227,14 @@ class Kube:
                                            _request_timeout=self.timeout, serialize=False),
                    kind=kind.kind, name=name)
 
+    def remaining(self, session_id: str, kinds: Iterable[KindRef]) -> int:
+        """How many of the session's objects of these kinds still exist (being deleted or
+        not): 0 once a sweep has finished, finalizers included."""
+        names.check_session_id(session_id)
+        return sum(len(page) for kind in dict.fromkeys(kinds)
+                   for page in self.list_pages(kind, label_selector(session_id),
+                                               metadata_only=True))
+
     def list_objects(self, kind: KindRef, selector: str) -> list[dict[str, Any]]:
         return [obj for page in self.list_pages(kind, selector) for obj in page]
 
@@ -345,106 +304,6 @@ class Kube:
         )
         annotations = stored.to_dict()["metadata"].get("annotations") or {}
         return annotations.get(PAUSED_REPLICAS_ANNOTATION) == "0"
-
-    # -- watching ------------------------------------------------------------------------
-
-    def list_and_watch(self, kind: KindRef, *, selector: str, timeout_seconds: int = 60,
-                       stop: threading.Event | None = None,
-                       on_restart: Callable[[], None] | None = None,
-                       ) -> Iterator[tuple[str, dict]]:
-        """Yield (event type, object) forever: first ("RELIST", {"items": [...]}) with the
-        whole current state — consumers replace what they knew, so objects deleted while no
-        watch was open are forgotten — then WATCH events, resuming from the last
-        resourceVersion (kept fresh by bookmarks); a 410 Gone starts over with a new LIST."""
-        resource = self._resource(kind)
-        while stop is None or not stop.is_set():
-            listing = self._call(
-                lambda: resource.get(namespace=self.namespace, label_selector=selector,
-                                     _request_timeout=self.timeout),
-                kind=kind.kind,
-            )
-            yield "RELIST", {"items": [item.to_dict() for item in listing.items]}
-            version = listing.metadata.resourceVersion
-            while stop is None or not stop.is_set():
-                if on_restart is not None:
-                    on_restart()  # a quiet watch still proves it is alive, request by request
-                watcher = watch.Watch()
-                try:
-                    # timeout_seconds asks the server to end the watch; the client's own read
-                    # deadline ends it when the server cannot (a half-open connection would
-                    # otherwise freeze every status while this worker keeps its lease).
-                    for event in watcher.stream(
-                        resource.get, namespace=self.namespace, label_selector=selector,
-                        resource_version=version, timeout_seconds=timeout_seconds,
-                        allow_watch_bookmarks=True, serialize=False,
-                        _request_timeout=(self.timeout,
-                                          timeout_seconds + WATCH_READ_MARGIN_SECONDS),
-                    ):
-                        obj = event["raw_object"]
-                        if event["type"] == "ERROR":
-                            if obj.get("code") == 410:
-                                break
-                            raise KubeError(f"watch error: {obj.get('message')}")
-                        version = obj["metadata"]["resourceVersion"]
-                        if event["type"] == "BOOKMARK":
-                            continue  # only moves `version` on, so a resume is not too old
-                        yield event["type"], obj
-                        if stop is not None and stop.is_set():
-                            return
-                    else:
-                        continue  # the server ended the watch: resume from `version`
-                    break  # 410 Gone: list again
-                except ApiException as err:
-                    if err.status == 410:
-                        break
-                    raise _translate(err, kind=kind.kind) from err
-                except (urllib3.exceptions.HTTPError, OSError) as err:
-                    raise _translate(err, kind=kind.kind) from err
-                finally:
-                    watcher.stop()
-
-    # -- cluster setup (local runs and tests) --------------------------------------------
-
-    def install_crds(self, crds: list[dict[str, Any]], *, timeout_seconds: float = 30) -> None:
-        """Apply CustomResourceDefinitions and wait until each is Established."""
-        resource = self._resource(KindRef("apiextensions.k8s.io/v1",
-                                          "CustomResourceDefinition"))
-        for crd in crds:
-            self._call(lambda crd=crd: resource.server_side_apply(
-                body=crd, field_manager=FIELD_MANAGER, force_conflicts=True),
-                kind="CustomResourceDefinition", name=crd["metadata"]["name"])
-        deadline = time.monotonic() + timeout_seconds
-        for crd in crds:
-            name = crd["metadata"]["name"]
-            while True:
-                stored = self._call(lambda name=name: resource.get(name=name).to_dict())
-                conditions = (stored.get("status") or {}).get("conditions") or []
-                if any(c["type"] == "Established" and c["status"] == "True"
-                       for c in conditions):
-                    break
-                if time.monotonic() > deadline:
-                    raise KubeError(f"CRD {name} not Established after {timeout_seconds}s")
-                time.sleep(0.1)
-        with self._dynamic_lock:
-            self._dynamic_client = None  # rediscover: the new kinds are served now
-
-    def ensure_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
-        resource = self._resource(KindRef("v1", "Namespace"))
-        body = {"apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": name, "labels": labels or {}}}
-        self._call(lambda: resource.server_side_apply(
-            body=body, name=name, field_manager=FIELD_MANAGER, force_conflicts=True),
-            kind="Namespace", name=name)
-
-    def ensure_secret(self, name: str, data: dict[str, str]) -> None:
-        """A Secret in this namespace (e.g. the Redis password KEDA's TriggerAuthentication
-        reads), applied so a re-run updates it."""
-        resource = self._resource(KindRef("v1", "Secret"))
-        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                "metadata": {"name": name, "namespace": self.namespace}, "stringData": data}
-        self._call(lambda: resource.server_side_apply(
-            body=body, name=name, namespace=self.namespace, field_manager=FIELD_MANAGER,
-            force_conflicts=True), kind="Secret", name=name)
 
     # -- health --------------------------------------------------------------------------
 

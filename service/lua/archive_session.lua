@@ -1,0 +1,33 @@
+-- Archive an idle session: its record and conversation stay, its bundle is about to be swept.
+-- Only when it is still idle since `cutoff`, has no queued or in-flight message, no restore
+-- asked, and the bundle lock is free: the lock is taken here, in the same step, and held by
+-- the archiver until the sweep is done (a restore waits for it).
+-- KEYS: record, status_index_prefix, bundled_index, restore_index, queue, inflight, events,
+--       bundle_lock
+-- ARGV: id, cutoff (epoch s), lock_token, lock_ms, now_iso
+-- Returns 'archived', or why not: gone|terminating|archived|active|busy|locked
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return 'gone'
+end
+if status == 'terminating' or status == 'archived' then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return status
+end
+local idle_since = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if not idle_since or tonumber(idle_since) > tonumber(ARGV[2]) then return 'active' end
+if redis.call('LLEN', KEYS[5]) + redis.call('LLEN', KEYS[6]) > 0
+    or redis.call('ZSCORE', KEYS[4], ARGV[1]) then
+  return 'busy'
+end
+if not redis.call('SET', KEYS[8], ARGV[3], 'NX', 'PX', ARGV[4]) then return 'locked' end
+local order = redis.call('HGET', KEYS[1], 'order')
+redis.call('ZREM', KEYS[2] .. status, ARGV[1])
+redis.call('ZADD', KEYS[2] .. 'archived', order, ARGV[1])
+redis.call('HSET', KEYS[1], 'status', 'archived', 'reason', '', 'replicas', '0',
+  'ready_replicas', '0', 'pod_ip', '', 'paused', '0', 'archived_at', ARGV[5])
+redis.call('ZREM', KEYS[3], ARGV[1])
+append_event(KEYS[1], KEYS[7], ARGV[1], 'status',
+  {status = 'archived', reason = '', replicas = 0, ready_replicas = 0, paused = false})
+return 'archived'

@@ -1,0 +1,104 @@
+"""What the tiers need of Redis: which sessions have a bundle in the cluster and since when
+they are idle, archiving one, restores asked for, the bundle lock and the version a session
+runs. Mixed into Store (which provides redis, _run and _call)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from .keys import (
+    BUNDLED_INDEX,
+    RESTORE_INDEX,
+    STATUS_INDEX_PREFIX,
+    WORK_CHANNEL,
+    _bundle_lock,
+    _inflight_key,
+    events_key,
+    queue_key,
+    record_key,
+)
+
+
+class BundleTiers:
+    """Mixed into Store."""
+
+    def idle_bundled(self, *, idle_since: float, limit: int) -> list[str]:
+        """Sessions with a bundle in the cluster and no activity since `idle_since` (epoch s),
+        the longest idle first."""
+        return self._call(self.redis.zrangebyscore, BUNDLED_INDEX, "-inf", int(idle_since),
+                          start=0, num=limit)
+
+    def bundled_count(self) -> int:
+        return int(self._call(self.redis.zcard, BUNDLED_INDEX))
+
+    def archive(self, session_id: str, *, idle_since: float, lock_token: str,
+                lock_seconds: int) -> str:
+        """Mark an idle session archived and take its bundle lock (the caller sweeps, then
+        releases it). Returns 'archived', or why not (see archive_session.lua)."""
+        from . import iso, utc_now  # the core module imports this one
+
+        return self._run(
+            "archive_session",
+            [record_key(session_id), STATUS_INDEX_PREFIX, BUNDLED_INDEX, RESTORE_INDEX,
+             queue_key(session_id), _inflight_key(session_id), events_key(session_id),
+             _bundle_lock(session_id)],
+            [session_id, int(idle_since), lock_token, lock_seconds * 1000, iso(utc_now())])
+
+    def take_bundle_lock(self, session_id: str, token: str, *, seconds: int) -> bool:
+        return bool(self._call(self.redis.set, _bundle_lock(session_id), token, nx=True,
+                               px=seconds * 1000))
+
+    def release_bundle_lock(self, session_id: str, token: str) -> None:
+        self._run("release_lease", [_bundle_lock(session_id)], [token])
+
+    def note_bundle(self, session_id: str, *, version: str, kinds: list[tuple[str, str]]) -> \
+            str | None:
+        """A bundle of `version` with `kinds` is applied: recorded; an archived session is
+        `waking` from now. Returns the status before (None: the record is gone)."""
+        return self._run(
+            "note_bundle",
+            [record_key(session_id), STATUS_INDEX_PREFIX, BUNDLED_INDEX, RESTORE_INDEX,
+             events_key(session_id)],
+            [session_id, version, ",".join(f"{api} {kind}" for api, kind in kinds),
+             int(time.time())]) or None
+
+    def ask_restore(self, session_id: str) -> None:
+        """An archived session is wanted (a wake): kept until a restore has applied it."""
+        self._call(self.redis.zadd, RESTORE_INDEX, {session_id: int(time.time() * 1000)},
+                   nx=True)
+
+    def restore_later(self, session_id: str, *, seconds: float) -> None:
+        """A restore could not run now (the lock is held, the API server refused): due again
+        in `seconds`, if it is still asked for."""
+        self._call(self.redis.zadd, RESTORE_INDEX,
+                   {session_id: int((time.time() + seconds) * 1000)}, xx=True)
+
+    def drop_restore(self, session_id: str) -> None:
+        self._call(self.redis.zrem, RESTORE_INDEX, session_id)
+
+    def restores_due(self, *, limit: int = 100) -> list[str]:
+        return self._call(self.redis.zrangebyscore, RESTORE_INDEX, "-inf",
+                          int(time.time() * 1000), start=0, num=limit)
+
+    def restores_asked(self) -> int:
+        return int(self._call(self.redis.zcard, RESTORE_INDEX))
+
+    def notify_work(self, session_id: str) -> None:
+        """Tell the push scaler the session has work (after its bundle was brought up to date:
+        admit_chat leaves that to the caller then)."""
+        self._call(self.redis.publish, WORK_CHANNEL, session_id)
+
+    def iter_status_pages(self, statuses: tuple[str, ...], *, batch: int = 500) -> \
+            Iterator[list[str]]:
+        """Ids in these statuses, a page at a time (each index in creation order)."""
+        for status in statuses:
+            low: str = "-inf"
+            while True:
+                entries = self._call(self.redis.zrangebyscore, STATUS_INDEX_PREFIX + status,
+                                     low, "+inf", start=0, num=batch, withscores=True)
+                if entries:
+                    yield [sid for sid, _ in entries]
+                if len(entries) < batch:
+                    break
+                low = f"({int(entries[-1][1])}"

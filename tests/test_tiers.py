@@ -1,0 +1,258 @@
+"""Tiers against the real API server and Redis, with the demo agent as a real process: an idle
+session is archived (its bundle swept, its record and conversation kept) and a chat or a wake
+brings it back and is answered; a chat that lands during the archive's sweep waits, queued,
+and the worker restores it after; a change of the templates reaches a sleeping session as it
+wakes (without touching the replica count KEDA owns), and `reapply` brings awake ones up to
+date, bounded and idempotent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from kubernetes import client as k8s
+
+from service import names
+from service.config import REPO_ROOT
+from service.reconciler import Reconciler
+from service.templates import template_kinds
+from service.tiers import Tiers
+
+from .conftest import API_KEY, mark_deployment_ready, running, wait_for, watching_status
+
+# Asleep 2 s after the last activity, archived 3 s after it.
+ARCHIVING = {"idle_timeout_seconds": 2, "keda_cooldown_period_seconds": 1,
+             "archive_after_seconds": 3}
+
+
+def bundle_objects(kube, settings, session_id: str) -> list[str]:
+    """`Kind/name` of every object the session has, of every kind the templates make."""
+    return sorted(f"{kind.kind}/{obj['metadata']['name']}"
+                  for kind in template_kinds(settings)
+                  for obj in kube.list_objects(kind, f"{names.SESSION_LABEL}={session_id}"))
+
+
+def deployment(kube, session_id: str) -> dict:
+    apps = k8s.AppsV1Api(kube.api_client)
+    return apps.read_namespaced_deployment(names.object_name(session_id),
+                                           kube.namespace).to_dict()
+
+
+def image_of(kube, session_id: str) -> str:
+    return deployment(kube, session_id)["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def replies(api, session_id: str) -> list[tuple[str, str, str | None]]:
+    return [(m["message_id"], m["state"], (m.get("reply") or {}).get("reply"))
+            for m in api.messages(session_id)]
+
+
+def archive_now(worker) -> dict[str, int]:
+    """One archiver pass, as the worker's leader runs them."""
+    return worker.tiers.archive_idle(worker.archive_pool)
+
+
+def test_an_idle_session_is_archived_and_a_chat_brings_it_back_and_is_answered(
+        settings, store, kube, demo_agent, make_api, make_worker):
+    settings = settings.replace(pod_url_template=demo_agent.url, **ARCHIVING)
+    api, worker = make_api(settings), make_worker(settings)
+    session_id = api.create()
+    everything = bundle_objects(kube, settings, session_id)
+    assert len(everything) == 4
+    with watching_status(worker):
+        mark_deployment_ready(kube, session_id)
+        wait_for(lambda: api.status(session_id)["status"] == "running", what="running")
+        code, body = api.chat(session_id, "before", "m-1")
+        assert (code, body["status"]) == (200, "processed"), body
+        mark_deployment_ready(kube, session_id, ready=0, replicas=0)  # KEDA slept it
+        wait_for(lambda: api.status(session_id)["status"] == "sleeping", what="sleeping")
+        # Not yet idle ARCHIVE_AFTER_SECONDS: the pass leaves it.
+        assert archive_now(worker)["archived"] == 0
+        assert bundle_objects(kube, settings, session_id) == everything
+        wait_for(lambda: archive_now(worker)["archived"] == 1, timeout=10, interval=0.5,
+                 what="the archive pass to archive the idle session")
+
+        # Its bundle is gone; its record and conversation are not, and what the watch sees
+        # of the sweep does not make it `sleeping` or `failed` again.
+        assert bundle_objects(kube, settings, session_id) == []
+        time.sleep(1)
+        status = api.status(session_id)
+        assert (status["status"], status["replicas"], status["queue_length"]) == \
+            ("archived", 0, 0)
+    assert replies(api, session_id) == [("m-1", "delivered", "echo: before")]
+    listed = api.client.get("/sessions?status=archived", headers=api.headers).get_json()
+    assert [s["uuid"] for s in listed["sessions"]] == [session_id]
+    figures = api.client.get("/metrics", headers=api.headers).get_json()
+    assert (figures["archived_sessions"], figures["sleeping_sessions"]) == (1, 0)
+    # Archived is not `failed`: the reconciler leaves it alone.
+    assert not any(Reconciler(settings.replace(reconcile_grace_seconds=0), store, kube)
+                   .run_once().values())
+
+    # A chat: kept (202) and the bundle applied again at once; the pod answers it once up.
+    code, body = api.chat(session_id, "after", "m-2")
+    assert (code, body["status"]) == (202, "queued"), body
+    assert bundle_objects(kube, settings, session_id) == everything
+    assert api.status(session_id)["status"] == "waking"
+    assert store.restores_asked() == 0
+    with running(worker):
+        mark_deployment_ready(kube, session_id)
+        wait_for(lambda: ("m-2", "delivered", "echo: after") in replies(api, session_id),
+                 what="the chat delivered after the restore")
+    assert replies(api, session_id) == [("m-1", "delivered", "echo: before"),
+                                        ("m-2", "delivered", "echo: after")]
+    assert [d["message_id"] for d in demo_agent.deliveries()] == ["m-1", "m-2"]
+
+
+def test_a_chat_during_the_archive_sweep_waits_queued_and_the_worker_restores_it(
+        settings, store, kube, demo_agent, make_api, make_worker):
+    settings = settings.replace(pod_url_template=demo_agent.url, **ARCHIVING)
+    api, worker = make_api(settings), make_worker(settings)
+    session_id = api.create()
+    everything = bundle_objects(kube, settings, session_id)
+    # The archiver has marked it archived and holds its bundle lock; its sweep is still on.
+    outcome = store.archive(session_id, idle_since=time.time() + 1, lock_token="archiver",
+                            lock_seconds=60)
+    assert outcome == "archived"
+
+    code, body = api.chat(session_id, "while sweeping", "m-1")
+    assert (code, body["status"]) == (202, "queued"), body
+    # The API's restore found the lock taken: nothing applied, the ask kept for the worker.
+    assert store.restores_asked() == 1 and api.status(session_id)["status"] == "archived"
+    assert api.status(session_id)["queue_length"] == 1
+
+    worker.tiers.sweep(session_id)  # the archiver's sweep ends, and it lets go of the lock
+    assert bundle_objects(kube, settings, session_id) == []
+    store.release_bundle_lock(session_id, "archiver")
+    with running(worker):
+        wait_for(lambda: bundle_objects(kube, settings, session_id) == everything,
+                 timeout=10, what="the worker to restore the bundle")
+        wait_for(lambda: api.status(session_id)["status"] == "waking", what="waking")
+        mark_deployment_ready(kube, session_id)
+        wait_for(lambda: replies(api, session_id) == [
+            ("m-1", "delivered", "echo: while sweeping")], what="the queued chat delivered")
+    assert store.restores_asked() == 0
+
+
+def test_a_wake_brings_an_archived_session_back(settings, store, kube, make_api, make_worker):
+    settings = settings.replace(**ARCHIVING)
+    api, worker = make_api(settings), make_worker(settings)
+    session_id = api.create()
+    everything = bundle_objects(kube, settings, session_id)
+    store.redis.zadd("sm:bundled", {session_id: time.time() - 60})  # idle for a minute
+    assert archive_now(worker)["archived"] == 1
+    assert bundle_objects(kube, settings, session_id) == []
+    response = api.client.post(f"/session/{session_id}/sleep", headers=api.headers)
+    assert (response.status_code, response.get_json()["status"]) == (200, "archived")
+
+    response = api.client.post(f"/session/{session_id}/wake", headers=api.headers)
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["status"] == "waking"
+    assert bundle_objects(kube, settings, session_id) == everything
+    assert api.status(session_id)["status"] == "waking"
+    # The new bundle carries no pause annotation and the record agrees.
+    assert api.status(session_id)["paused"] is False
+    assert not kube.is_paused(session_id)
+
+
+def test_a_template_change_reaches_a_sleeping_session_on_its_next_wake(
+        settings, store, kube, make_api):
+    old = settings.replace(user_pod_image="registry.example/agent:1.0")
+    new = settings.replace(user_pod_image="registry.example/agent:2.0")
+    api = make_api(old)
+    sleeper, chatter, awake = api.create(), api.create(), api.create()
+    for session_id in (sleeper, chatter):
+        mark_deployment_ready(kube, session_id, ready=0, replicas=0)
+        store.set_status(session_id, "sleeping", from_cluster=True, replicas=0)
+    mark_deployment_ready(kube, awake)
+    store.set_status(awake, "running", from_cluster=True, replicas=1, ready_replicas=1)
+
+    # The control plane now runs with the new image.
+    api = make_api(new)
+    response = api.client.post(f"/session/{sleeper}/wake", headers=api.headers)
+    assert response.status_code == 202, response.get_json()
+    assert image_of(kube, sleeper) == "registry.example/agent:2.0"
+    # The re-apply left the replica count to its owner: KEDA (here, the test) scales it.
+    assert deployment(kube, sleeper)["spec"]["replicas"] == 0
+    version = Tiers(new, store, kube).version()
+    assert store.get_session(sleeper)["bundle_version"] == version
+    # A chat to a sleeping session on the old bundle brings it up to date the same way.
+    code, _ = api.chat(chatter, "hello", "m-1")
+    assert code == 202
+    assert image_of(kube, chatter) == "registry.example/agent:2.0"
+    assert deployment(kube, chatter)["spec"]["replicas"] == 0
+    # An awake session is left as it is until `reapply` (its pod would be replaced mid-chat).
+    assert image_of(kube, awake) == "registry.example/agent:1.0"
+    assert store.get_session(awake)["bundle_version"] != version
+
+
+def cli_reapply(settings, apiserver, *args: str) -> dict:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("USER_POD")},
+           "REDIS_URL": settings.redis_url, "NAMESPACE": settings.namespace,
+           "KUBECONFIG": str(apiserver.kubeconfig), "API_KEYS": API_KEY,
+           "USER_POD_IMAGE": settings.user_pod_image, "LOG_LEVEL": "WARNING"}
+    result = subprocess.run([sys.executable, "-m", "service", "reapply", *args], cwd=REPO_ROOT,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def test_reapply_updates_awake_sessions_bounded_and_idempotent(
+        settings, store, kube, make_api, apiserver, monkeypatch):
+    old = settings.replace(user_pod_image="registry.example/agent:1.0")
+    new = settings.replace(user_pod_image="registry.example/agent:2.0")
+    api = make_api(old)
+    awake = [api.create() for _ in range(6)]
+    sleeper = api.create()
+    mark_deployment_ready(kube, sleeper, ready=0, replicas=0)
+    store.set_status(sleeper, "sleeping", from_cluster=True, replicas=0)
+
+    in_flight, peak, lock = 0, 0, threading.Lock()
+    real_apply = kube.apply
+
+    def counted_apply(rendered, **kwargs):
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        try:
+            time.sleep(0.2)  # long enough for every permitted apply to overlap
+            return real_apply(rendered, **kwargs)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    monkeypatch.setattr(kube, "apply", counted_apply)
+    figures = Tiers(new, store, kube).reapply(concurrency=2)
+    assert figures == {"sessions": 6, "applied": 6, "current": 0, "skipped": 0, "locked": 0,
+                       "failed": 0}
+    assert peak == 2  # never more than asked, and it did run them side by side
+    assert {image_of(kube, s) for s in awake} == {"registry.example/agent:2.0"}
+    assert image_of(kube, sleeper) == "registry.example/agent:1.0"  # updated as it wakes
+    versions = {s: deployment(kube, s)["metadata"]["resource_version"] for s in awake}
+
+    # Again, as an operator runs it: nothing to do; forced, nothing changes in the cluster.
+    assert cli_reapply(new, apiserver)["applied"] == 0
+    forced = cli_reapply(new, apiserver, "--force", "--concurrency", "3")
+    assert (forced["applied"], forced["sessions"]) == (6, 6)
+    assert {s: deployment(kube, s)["metadata"]["resource_version"] for s in awake} == versions
+
+
+def test_an_archived_session_whose_sweep_failed_is_swept_by_the_reconciler(
+        settings, store, kube, make_api):
+    settings = settings.replace(reconcile_grace_seconds=0, **ARCHIVING)
+    api = make_api(settings)
+    session_id, other = api.create(), api.create()
+    assert store.archive(session_id, idle_since=time.time() + 1, lock_token="archiver",
+                         lock_seconds=60) == "archived"
+    store.release_bundle_lock(session_id, "archiver")  # its sweep never happened
+    assert bundle_objects(kube, settings, session_id)
+
+    figures = Reconciler(settings, store, kube).run_once()
+    assert figures["archives_swept"] == 1 and figures["records_failed"] == 0
+    assert bundle_objects(kube, settings, session_id) == []
+    assert api.status(session_id)["status"] == "archived"
+    assert len(bundle_objects(kube, settings, other)) == 4  # the other one is untouched
