@@ -7,7 +7,6 @@ in the number of sessions, never a keyspace scan). Every multi-key change is one
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import secrets
@@ -20,8 +19,10 @@ from typing import Any
 import redis
 
 from .. import names
-from ..errors import RedisOutOfMemory, RedisReadOnly, RedisUnavailable
+from ..errors import RedisUnavailable
+from .coordination import Coordination
 from .events import DEFAULT_EVENTS_KEPT, EventLog
+from .failures import UNAVAILABLE, unavailable
 from .keys import (
     ACTIVE_MEMBER,
     ALL_INDEX,
@@ -37,12 +38,9 @@ from .keys import (
     STATS,
     STATUS_INDEX_PREFIX,
     WORK_CHANNEL,
-    WORKER_REPORTS,
     _data_keys,
     _delivery_lease,
-    _idempotency_key,
     _inflight_key,
-    _lease_key,
     _message_ids_key,
     _messages_key,
     _reservation_key,
@@ -52,6 +50,9 @@ from .keys import (
     work_key,
 )
 from .keys import (
+    WORKER_REPORTS as WORKER_REPORTS,
+)
+from .keys import (
     keda_keys as keda_keys,
 )
 from .tiers import BundleTiers
@@ -59,16 +60,10 @@ from .tiers import BundleTiers
 # archived: idle past ARCHIVE_AFTER_SECONDS, its bundle swept; record and conversation kept.
 STATUSES = ("created", "waking", "running", "sleeping", "archived", "failed", "terminating")
 ACTIVE_STATUSES = ("created", "waking", "running")
-_WORKER_REPORT_KEPT_SECONDS = 3600  # a report older than this is a replica long gone
 DEFAULT_MAX_CONNECTIONS = 100  # per process (REDIS_MAX_CONNECTIONS)
 SETTLE_RETRY_SECONDS = 0.5  # how often an outcome is offered again while Redis is away
 
 _LUA = Path(__file__).resolve().parent.parent / "lua"
-# Errors that mean "Redis cannot take this now" (503): unreachable, or refusing writes at
-# maxmemory or as a read-only replica. Any other RedisError is a bug (500). A script refused
-# for memory wrote nothing: Redis decides at its start, and refuses its first write.
-UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError,
-               redis.exceptions.ReadOnlyError)
 
 
 def hash_token(token: str) -> str:
@@ -83,11 +78,7 @@ def iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def _decode(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-class Store(EventLog, BundleTiers):
+class Store(EventLog, BundleTiers, Coordination):
     def __init__(self, client: redis.Redis, *, session_ttl_seconds: int,
                  activity_ttl_seconds: int, events_kept: int = DEFAULT_EVENTS_KEPT) -> None:
         self.redis = client
@@ -137,20 +128,6 @@ class Store(EventLog, BundleTiers):
         """(used_memory, maxmemory) in bytes; maxmemory 0 means no limit."""
         info = self._call(self.redis.info, "memory")
         return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
-
-    def report_worker(self, worker_id: str, stalled: list[str]) -> None:
-        self._call(self.redis.hset, WORKER_REPORTS, worker_id,
-                   json.dumps({"at": time.time(), "stalled": stalled}))
-
-    def worker_reports(self) -> dict[str, dict]:
-        """Every worker's last report; reports of replicas long gone are dropped on the way."""
-        raw = self._call(self.redis.hgetall, WORKER_REPORTS)
-        reports = {worker: json.loads(value) for worker, value in raw.items()}
-        gone = [worker for worker, report in reports.items()
-                if report["at"] < time.time() - _WORKER_REPORT_KEPT_SECONDS]
-        if gone:
-            self._call(self.redis.hdel, WORKER_REPORTS, *gone)
-        return {worker: report for worker, report in reports.items() if worker not in gone}
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -266,34 +243,6 @@ class Store(EventLog, BundleTiers):
     def set_paused(self, session_id: str, paused: bool) -> None:
         self._run("set_paused", [record_key(session_id)], ["1" if paused else "0"])
 
-    def work_notifications(self, stop: Any) -> Iterator[str | None]:
-        """Session ids as they get work (a chat, a wake), from any process; first None, once
-        subscribed: anything published before may have been missed. Ends when `stop` is set;
-        raises RedisUnavailable when the subscription breaks."""
-        return self.notifications(WORK_CHANNEL, stop)
-
-    def notifications(self, channel: str, stop: Any) -> Iterator[str | None]:
-        for notice in self.notices((channel,), stop):
-            yield None if notice is None else notice[1]
-
-    def notices(self, channels: tuple[str, ...], stop: Any) -> Iterator[tuple[str, str] | None]:
-        """(channel, data) as published on any of `channels`; first None, once subscribed
-        (anything published before may have been missed). Ends when `stop` is set; raises
-        RedisUnavailable when the subscription breaks."""
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(*channels)
-            yield None
-            while not stop.is_set():
-                message = pubsub.get_message(timeout=1.0)
-                if message and message.get("type") == "message":
-                    yield _decode(message["channel"]), _decode(message["data"])
-        except UNAVAILABLE as err:
-            raise unavailable(err) from err
-        finally:
-            with contextlib.suppress(*UNAVAILABLE):
-                pubsub.close()
-
     def delete_session(self, session_id: str) -> bool:
         return bool(self._run(
             "delete_session",
@@ -399,29 +348,6 @@ class Store(EventLog, BundleTiers):
                              num=limit + 1, withscores=True)
         page = entries[:limit]
         return [sid for sid, _ in page], (int(page[-1][1]) if len(entries) > limit else None)
-
-    # -- idempotent create ---------------------------------------------------------------
-
-    def begin_idempotent(self, scope: str, *, ttl_seconds: int) -> dict | bool | None:
-        """None: first use (now marked pending); False: another request holds it;
-        a dict: the stored response of the finished create."""
-        key = _idempotency_key(scope)
-        try:
-            if self.redis.set(key, "pending", nx=True, ex=ttl_seconds):
-                return None
-            stored = self.redis.get(key)
-        except UNAVAILABLE as err:
-            raise unavailable(err) from err
-        if stored is None or stored == "pending":
-            return False
-        return json.loads(stored)
-
-    def finish_idempotent(self, scope: str, response: dict | None, *, ttl_seconds: int) -> None:
-        key = _idempotency_key(scope)
-        if response is None:
-            self._call(self.redis.delete, key)
-        else:
-            self._call(self.redis.set, key, json.dumps(response), ex=ttl_seconds)
 
     # -- chat and delivery ---------------------------------------------------------------
 
@@ -555,25 +481,6 @@ class Store(EventLog, BundleTiers):
             messages.append(message)
         return messages, (seqs[-1] if seqs[-1] < last else None)
 
-    # -- leases (worker coordination) ----------------------------------------------------
-
-    def acquire_lease(self, name: str, holder: str, *, seconds: int) -> bool:
-        """Take or renew a named lease; True while `holder` has it."""
-        key = _lease_key(name)
-        try:
-            if self.redis.set(key, holder, nx=True, ex=seconds):
-                return True
-            if self.redis.get(key) == holder:
-                self.redis.expire(key, seconds)
-                return True
-            return False
-        except UNAVAILABLE as err:
-            raise unavailable(err) from err
-
-    def release_lease(self, name: str, holder: str) -> None:
-        """Give a named lease up, if `holder` still has it."""
-        self._run("release_lease", [_lease_key(name)], [holder])
-
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
@@ -583,13 +490,3 @@ class Store(EventLog, BundleTiers):
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def unavailable(err: Exception) -> RedisUnavailable:
-    """The 503 for one of UNAVAILABLE. The client's message can carry the URL: only the
-    error's type is kept."""
-    if isinstance(err, redis.exceptions.OutOfMemoryError):
-        return RedisOutOfMemory()
-    if isinstance(err, redis.exceptions.ReadOnlyError):
-        return RedisReadOnly()
-    return RedisUnavailable(f"Redis is unavailable ({type(err).__name__})")

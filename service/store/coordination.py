@@ -1,0 +1,107 @@
+"""What processes coordinate through in Redis: pub/sub notices, named leases, idempotent
+creates and the workers' reports. Mixed into Store (which provides redis, _run and _call)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .failures import UNAVAILABLE, unavailable
+from .keys import WORK_CHANNEL, WORKER_REPORTS, _idempotency_key, _lease_key
+
+_WORKER_REPORT_KEPT_SECONDS = 3600  # a report older than this is a replica long gone
+
+
+def _decode(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Coordination:
+    """Mixed into Store."""
+
+    def report_worker(self, worker_id: str, stalled: list[str]) -> None:
+        self._call(self.redis.hset, WORKER_REPORTS, worker_id,
+                   json.dumps({"at": time.time(), "stalled": stalled}))
+
+    def worker_reports(self) -> dict[str, dict]:
+        """Every worker's last report; reports of replicas long gone are dropped on the way."""
+        raw = self._call(self.redis.hgetall, WORKER_REPORTS)
+        reports = {worker: json.loads(value) for worker, value in raw.items()}
+        gone = [worker for worker, report in reports.items()
+                if report["at"] < time.time() - _WORKER_REPORT_KEPT_SECONDS]
+        if gone:
+            self._call(self.redis.hdel, WORKER_REPORTS, *gone)
+        return {worker: report for worker, report in reports.items() if worker not in gone}
+
+    def work_notifications(self, stop: Any) -> Iterator[str | None]:
+        """Session ids as they get work (a chat, a wake), from any process; first None, once
+        subscribed: anything published before may have been missed. Ends when `stop` is set;
+        raises RedisUnavailable when the subscription breaks."""
+        return self.notifications(WORK_CHANNEL, stop)
+
+    def notifications(self, channel: str, stop: Any) -> Iterator[str | None]:
+        for notice in self.notices((channel,), stop):
+            yield None if notice is None else notice[1]
+
+    def notices(self, channels: tuple[str, ...], stop: Any) -> Iterator[tuple[str, str] | None]:
+        """(channel, data) as published on any of `channels`; first None, once subscribed
+        (anything published before may have been missed). Ends when `stop` is set; raises
+        RedisUnavailable when the subscription breaks."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(*channels)
+            yield None
+            while not stop.is_set():
+                message = pubsub.get_message(timeout=1.0)
+                if message and message.get("type") == "message":
+                    yield _decode(message["channel"]), _decode(message["data"])
+        except UNAVAILABLE as err:
+            raise unavailable(err) from err
+        finally:
+            with contextlib.suppress(*UNAVAILABLE):
+                pubsub.close()
+
+    # -- idempotent create ---------------------------------------------------------------
+
+    def begin_idempotent(self, scope: str, *, ttl_seconds: int) -> dict | bool | None:
+        """None: first use (now marked pending); False: another request holds it;
+        a dict: the stored response of the finished create."""
+        key = _idempotency_key(scope)
+        try:
+            if self.redis.set(key, "pending", nx=True, ex=ttl_seconds):
+                return None
+            stored = self.redis.get(key)
+        except UNAVAILABLE as err:
+            raise unavailable(err) from err
+        if stored is None or stored == "pending":
+            return False
+        return json.loads(stored)
+
+    def finish_idempotent(self, scope: str, response: dict | None, *, ttl_seconds: int) -> None:
+        key = _idempotency_key(scope)
+        if response is None:
+            self._call(self.redis.delete, key)
+        else:
+            self._call(self.redis.set, key, json.dumps(response), ex=ttl_seconds)
+
+    # -- leases (worker coordination) ----------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, *, seconds: int) -> bool:
+        """Take or renew a named lease; True while `holder` has it."""
+        key = _lease_key(name)
+        try:
+            if self.redis.set(key, holder, nx=True, ex=seconds):
+                return True
+            if self.redis.get(key) == holder:
+                self.redis.expire(key, seconds)
+                return True
+            return False
+        except UNAVAILABLE as err:
+            raise unavailable(err) from err
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give a named lease up, if `holder` still has it."""
+        self._run("release_lease", [_lease_key(name)], [holder])
