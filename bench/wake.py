@@ -60,7 +60,8 @@ class Stack:
     """The cluster, Redis, certificates, a worker serving the push scaler, and an API per
     scaler mode: what both figures share."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, **settings: object) -> None:
+        """`settings`: changes to the stack's settings (its worker's among them)."""
         self.ctx = ctx
         self.cluster = cluster_module.LocalCluster().start()
         self.redis = apiserver.RedisServer(ctx.workdir / "wake-redis").start()
@@ -76,7 +77,7 @@ class Stack:
             scaler_tls_dir=self.tls / "server", user_pod_cpu_request="20m",
             user_pod_memory_request="32Mi", user_pod_cpu_limit="500m",
             user_pod_memory_limit="128Mi", delivery_backoff_seconds=0.2,
-            worker_poll_interval_seconds=0.05)
+            worker_poll_interval_seconds=0.05).replace(**settings)
         self.store = Store.from_url(self.redis.url, socket_timeout_seconds=10,
                                     session_ttl_seconds=86400,
                                     activity_ttl_seconds=self.settings.activity_ttl_seconds)

@@ -197,13 +197,20 @@ class Tiers:
         record = self.store.get_session(session_id) or {}
         kinds = list(dict.fromkeys([*kinds_of(record), *template_kinds(self.settings)]))
         self.kube.delete(session_id, kinds)
+        # Most kinds are gone at once; only those with finalizers (KEDA's on the ScaledObject)
+        # linger. A kind found empty stays empty (the lock is held), so each later look lists
+        # only what was left, less and less often: every list costs the API server a pass
+        # over the namespace's objects of that kind.
         deadline = time.monotonic() + SWEEP_WAIT_SECONDS
-        while self.kube.remaining(session_id, kinds):
+        pause = 0.1
+        while kinds := [kind for kind in kinds if self.kube.remaining(session_id, [kind])]:
             if time.monotonic() > deadline:
                 log.warning("objects still there %ss after the sweep", SWEEP_WAIT_SECONDS,
-                            extra={"session_id": session_id})
+                            extra={"session_id": session_id,
+                                   "kinds": [kind.kind for kind in kinds]})
                 return
-            time.sleep(0.25)
+            time.sleep(pause)
+            pause = min(2.0, pause * 2)
 
     def sweep_if_free(self, session_id: str) -> bool:
         """Sweep an archived session's objects if nobody holds its bundle lock (the
