@@ -83,7 +83,6 @@ class Sessions:
             raise SessionNotFound()
         return record
 
-
     # -- create / delete -----------------------------------------------------------------
 
     def create(self, user_id: Any, *, idempotency_scope: str | None = None) -> Result:

@@ -8,6 +8,7 @@ from it), so a bundle rendered for a sample id stands for every session's.
 from __future__ import annotations
 
 import threading
+import time
 
 from . import bundle
 from .config import Settings
@@ -43,18 +44,26 @@ class TemplateVersion:
     when a template file changes (templates mounted from a ConfigMap change under a running
     process; a change of settings means a new process)."""
 
+    # Every chat asks for the version: the files are looked at no more often than this.
+    CHECK_EVERY_SECONDS = 1.0
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
         self._files: tuple = ()
         self._version = ""
+        self._checked_at = float("-inf")
 
     def current(self) -> str:
-        files = tuple((path.name, stat.st_mtime_ns, stat.st_size)
-                      for path in bundle.template_files(self.settings.templates_dir)
-                      for stat in (path.stat(),))
         with self._lock:
+            now = time.monotonic()
+            if now - self._checked_at < self.CHECK_EVERY_SECONDS:
+                return self._version
+            files = tuple((path.name, stat.st_mtime_ns, stat.st_size)
+                          for path in bundle.template_files(self.settings.templates_dir)
+                          for stat in (path.stat(),))
             if files != self._files:
                 self._version = sample(self.settings).digest()
                 self._files = files
+            self._checked_at = now
             return self._version

@@ -84,13 +84,20 @@ class Worker:
 
     def deliver_due(self) -> int:
         """Start draining every session with due messages; returns how many were started."""
+        return self._start_each(self.store.due_sessions(limit=200), self._draining,
+                                self.delivery_pool, self._drain_safely)
+
+    def _start_each(self, session_ids: list[str], in_progress: set[str],
+                    pool: ThreadPoolExecutor, job) -> int:
+        """Submit `job(session_id)` for each session not already in `in_progress` (the job
+        takes itself out of it when done); returns how many were started."""
         started = 0
-        for session_id in self.store.due_sessions(limit=200):
+        for session_id in session_ids:
             with self._draining_lock:
-                if session_id in self._draining:
+                if session_id in in_progress:
                     continue
-                self._draining.add(session_id)
-            self.delivery_pool.submit(self._drain_safely, session_id)
+                in_progress.add(session_id)
+            pool.submit(job, session_id)
             started += 1
         return started
 
@@ -159,15 +166,8 @@ class Worker:
 
     def restore_due(self) -> int:
         """Start every restore that is due; returns how many were started."""
-        started = 0
-        for session_id in self.store.restores_due(limit=100):
-            with self._draining_lock:
-                if session_id in self._restoring:
-                    continue
-                self._restoring.add(session_id)
-            self.restore_pool.submit(self._restore_safely, session_id)
-            started += 1
-        return started
+        return self._start_each(self.store.restores_due(limit=100), self._restoring,
+                                self.restore_pool, self._restore_safely)
 
     def _restore_safely(self, session_id: str) -> None:
         try:
