@@ -137,7 +137,8 @@ def _objects_figure(ctx: Context, stack: Stack, figure: Figure, count: int) -> N
     began = time.monotonic()
     ids = _sleeping_sessions(stack, settings, store, count)
     created_in = time.monotonic() - began
-    wait_until(lambda: _hpas(stack, namespace) >= count, timeout=1800, interval=5,
+    # KEDA makes the HPAs one ScaledObject at a time (about 4 a second here).
+    wait_until(lambda: _hpas(stack, namespace) >= count, timeout=600 + count / 2, interval=5,
                what=f"KEDA's HPAs for {count} ScaledObjects")
     sleeping = _measure(stack, namespace, etcd)
     print(f"    {count} sleeping: {sleeping[0]} objects, {sleeping[1]} etcd keys, "
@@ -158,7 +159,7 @@ def _objects_figure(ctx: Context, stack: Stack, figure: Figure, count: int) -> N
             archived += done
     archive_seconds = time.monotonic() - began
     wait_until(lambda: _objects(stack, namespace) <= (sleeping[0] - base_objects) * ACTIVE
-               / count * 1.2 + base_objects, timeout=600, interval=5,
+               / count * 1.2 + base_objects, timeout=600 + count / 10, interval=5,
                what="the archived sessions' pods and HPAs gone")
     after = _measure(stack, namespace, etcd)
     print(f"    {count} sessions, {ACTIVE} active: {after[0]} objects, {after[1]} etcd keys, "

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from limits import parse as parse_rate_limit
 
-from . import names
+from .. import names
 
 T = TypeVar("T")
 
