@@ -29,6 +29,7 @@ from service import names
 from service.config import RATE_LIMITED_ROUTES, REPO_ROOT
 from service.kube import Kube, load_api_client
 from service.store import Store, hash_token, utc_now
+from service.store.keys import INSTALLATION_KEY
 
 SERVICE_NAMESPACE = "bench"
 UNLIMITED = "1000000/minute"
@@ -346,6 +347,9 @@ class Context:
     def start_worker(self, name: str, namespace: str, extra_env: dict[str, str]) -> Proc:
         """`python -m service worker`; returns once it logged that it started."""
         self.kube(namespace)
+        # Figures run one after another on one Redis, each in its own namespace: this one's
+        # worker serves the database now (a worker refuses one that serves another).
+        self.store().redis.delete(INSTALLATION_KEY)
         env = {**self.service_env(port=local.free_port(), namespace=namespace,
                                   limits=True),
                # It serves the push scaler as deployed (mutual TLS), on a port of its own.

@@ -369,7 +369,9 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def worker_process(apiserver, tmp_path: Path, scaler_certs: Path):
+def worker_process(apiserver, tmp_path: Path, scaler_certs: Path, store):
+    """Worker processes of this test's installation: `store` empties Redis first, as a
+    worker refuses a database that serves another namespace (an earlier test's)."""
     started: list[WorkerProcess] = []
 
     def start(settings: Settings, name: str, **env: str) -> WorkerProcess:

@@ -256,3 +256,39 @@ def test_an_archived_session_whose_sweep_failed_is_swept_by_the_reconciler(
     assert bundle_objects(kube, settings, session_id) == []
     assert api.status(session_id)["status"] == "archived"
     assert len(bundle_objects(kube, settings, other)) == 4  # the other one is untouched
+
+
+def test_a_worker_of_another_installation_archives_nothing_and_refuses_to_start(
+        settings, store, kube, make_api, make_worker, apiserver):
+    """One Redis database serves one sessions namespace: the archiver, reconciler and watch
+    act on every record there, so a worker of another installation must not lead them."""
+    settings = settings.replace(**ARCHIVING)
+    api = make_api(settings)
+    session_id = api.create()
+    store.set_status(session_id, "sleeping", from_cluster=True)
+    store.redis.zadd("sm:bundled", {session_id: time.time() - 3600})  # idle for an hour
+    assert store.claim_installation("another-installation") == "another-installation"
+
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "NAMESPACE": settings.namespace,
+           "KUBECONFIG": str(apiserver.kubeconfig), "API_KEYS": API_KEY,
+           "KEDA_SCALER": "redis", "WORKER_HEALTH_PORT": "0"}
+    result = subprocess.run([sys.executable, "-m", "service", "worker"], cwd=REPO_ROOT,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "'another-installation'" in result.stderr and \
+        f"NAMESPACE={settings.namespace!r}" in result.stderr and "Traceback" not in result.stderr
+
+    worker = make_worker(settings)
+    with running(worker):
+        time.sleep(3)  # a few archiver passes, were it leading
+        assert not store.redis.exists("sm:lease:archiver")
+    assert api.status(session_id)["status"] == "sleeping"
+    assert len(bundle_objects(kube, settings, session_id)) == 4
+
+    # A worker with the same settings, once the database is its installation's, archives it.
+    store.redis.delete("sm:installation")
+    with running(make_worker(settings)):
+        wait_for(lambda: store.get_session(session_id)["status"] == "archived", timeout=15,
+                 what="the session archived by a worker of this installation")
+    assert bundle_objects(kube, settings, session_id) == []
+    assert store.claim_installation("another-installation") == settings.namespace

@@ -10,7 +10,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from .failures import UNAVAILABLE, unavailable
-from .keys import WORK_CHANNEL, WORKER_REPORTS, _idempotency_key, _lease_key
+from .keys import (
+    INSTALLATION_KEY,
+    WORK_CHANNEL,
+    WORKER_REPORTS,
+    _idempotency_key,
+    _lease_key,
+)
 
 _WORKER_REPORT_KEPT_SECONDS = 3600  # a report older than this is a replica long gone
 
@@ -88,6 +94,14 @@ class Coordination:
             self._call(self.redis.set, key, json.dumps(response), ex=ttl_seconds)
 
     # -- leases (worker coordination) ----------------------------------------------------
+
+    def claim_installation(self, namespace: str) -> str:
+        """The sessions namespace this database serves: `namespace` if none was recorded
+        yet (it is now), else the one recorded first."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(INSTALLATION_KEY, namespace, nx=True)
+        pipe.get(INSTALLATION_KEY)
+        return _decode(self._call(pipe.execute)[1])
 
     def acquire_lease(self, name: str, holder: str, *, seconds: int) -> bool:
         """Take or renew a named lease; True while `holder` has it."""

@@ -32,6 +32,10 @@ APPLIED_KINDS = _P + "kinds"
 BUNDLED_INDEX = _P + "bundled"
 # Archived sessions a chat or a wake asked back; score = when a restore is due (epoch ms).
 RESTORE_INDEX = _P + "restore"
+# The sessions namespace this Redis database serves, set by the first worker: the archiver,
+# the reconciler and the watch act on every record here, so two installations sharing one
+# database would sweep and mark each other's sessions.
+INSTALLATION_KEY = _P + "installation"
 ACTIVE_MEMBER = "active"  # the work set's "recently active" member
 # What a /sessions page shows of each record (reading only these keeps pages cheap).
 LISTED_FIELDS = ("user_id", "status", "created_at", "last_activity")
