@@ -130,20 +130,16 @@ def _worker(settings: Settings) -> int:
     from . import logs
     from .errors import SessionManagerError
     from .kube import Kube
-    from .store.keys import INSTALLATION_KEY
     from .worker import Worker
 
     logs.configure(settings.log_level)
     store = _store(settings)
     try:
-        owner = store.claim_installation(settings.namespace)
+        conflict = store.installation_conflict(settings.namespace)
     except SessionManagerError:
-        owner = settings.namespace  # Redis is away: each leader's term checks again
-    if owner != settings.namespace:
-        print(f"configuration error: REDIS_URL's database serves the sessions namespace "
-              f"{owner!r}, and this worker has NAMESPACE={settings.namespace!r}. Give each "
-              f"installation its own Redis database (or, if {owner!r} is gone for good, "
-              f"delete the key {INSTALLATION_KEY})", file=sys.stderr)
+        conflict = None  # Redis is away: each leader's term checks again
+    if conflict:
+        print(f"configuration error: {conflict}", file=sys.stderr)
         return 2
     worker = Worker(settings, store, Kube.from_environment(settings.namespace))
     stop = threading.Event()

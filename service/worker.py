@@ -197,7 +197,11 @@ class Worker:
         """Run `body(term_over)` whenever this worker holds the `name` lease."""
         while not stop.is_set():
             try:
-                if not self.serves_this_database():
+                # The archiver, reconciler and watch act on every record in this database:
+                # a worker of another installation leads none of them here.
+                conflict = self.store.installation_conflict(self.settings.namespace)
+                if conflict:
+                    log.error("not leading the %s: %s", name, conflict)
                     stop.wait(LEADER_LEASE_SECONDS)
                     continue
                 if not self.store.acquire_lease(name, self.worker_id,
@@ -228,18 +232,6 @@ class Worker:
             self.store.release_lease(name, self.worker_id)
         except SessionManagerError as err:
             log.warning("cannot release the %s lease: %s", name, err.message)
-
-    def serves_this_database(self) -> bool:
-        """Whether Redis serves this worker's sessions namespace (the first worker records
-        its own). A worker of another installation leads nothing here: the archiver, the
-        reconciler and the watch act on every record, in this worker's namespace."""
-        owner = self.store.claim_installation(self.settings.namespace)
-        if owner == self.settings.namespace:
-            return True
-        log.error("this Redis database serves the sessions namespace %r, not NAMESPACE=%r: "
-                  "not archiving, reconciling or watching; give each installation its own "
-                  "Redis database", owner, self.settings.namespace)
-        return False
 
     def _renew(self, name: str, stop: threading.Event, term_over: threading.Event) -> None:
         """Renew the lease every third of its life; end the term when it is lost or at stop

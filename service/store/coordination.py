@@ -103,6 +103,17 @@ class Coordination:
         pipe.get(INSTALLATION_KEY)
         return _decode(self._call(pipe.execute)[1])
 
+    def installation_conflict(self, namespace: str) -> str | None:
+        """None while this database serves `namespace` (claiming it if nobody has), else
+        what an operator reads: whose it is and the way out."""
+        owner = self.claim_installation(namespace)
+        if owner == namespace:
+            return None
+        return (f"REDIS_URL's database serves the sessions namespace {owner!r}, and this "
+                f"worker has NAMESPACE={namespace!r}. Give each installation its own Redis "
+                f"database (or, if {owner!r} is gone for good, delete the key "
+                f"{INSTALLATION_KEY})")
+
     def acquire_lease(self, name: str, holder: str, *, seconds: int) -> bool:
         """Take or renew a named lease; True while `holder` has it."""
         key = _lease_key(name)
