@@ -122,6 +122,16 @@ def _sleeping_sessions(stack: Stack, settings: Settings, store: Store, count: in
         return list(pool.map(one, range(count)))
 
 
+def _database(stack: Stack, number: int) -> tuple[str, Store]:
+    """The stack's Redis, another database: one installation per database (the stack's own
+    worker, of namespace bench-wake, would reconcile another namespace's records as failed)."""
+    url = stack.redis.url.rsplit("/", 1)[0] + f"/{number}"
+    store = Store.from_url(url, socket_timeout_seconds=10, session_ttl_seconds=86400,
+                           activity_ttl_seconds=stack.settings.activity_ttl_seconds)
+    store.redis.flushdb()
+    return url, store
+
+
 def _measure(stack: Stack, namespace: str, etcd: Etcd) -> tuple[int, int, int]:
     return _objects(stack, namespace), etcd.keys(), etcd.compacted_size()
 
@@ -134,9 +144,9 @@ def _objects_figure(ctx: Context, stack: Stack, figure: Figure, count: int) -> N
     # some 3,600 sleeping sessions kept this machine's 2 cores busy (KEDA and the push
     # scaler) and KEDA made their HPAs ever slower. What is counted here does not depend on
     # it, so these sessions poll every 5 minutes.
+    url, store = _database(stack, 1)
     settings = stack.settings.replace(namespace=namespace, archive_after_seconds=600,
-                                      keda_polling_interval_seconds=300)
-    store = stack.store
+                                      keda_polling_interval_seconds=300, redis_url=url)
     base_objects, base_keys, base_size = _measure(stack, namespace, etcd)
 
     began = time.monotonic()
@@ -150,7 +160,9 @@ def _objects_figure(ctx: Context, stack: Stack, figure: Figure, count: int) -> N
           f"{sleeping[2] / 2**20:.1f} MiB (created in {created_in:.0f}s)", flush=True)
 
     # All but ACTIVE idle past ARCHIVE_AFTER_SECONDS: the archiver's passes, as its leader
-    # runs them (BUNDLE_CONCURRENCY sweeps at once).
+    # runs them (BUNDLE_CONCURRENCY sessions' deletes at once), until every archive's objects
+    # are gone (KEDA drops its finalizer from each ScaledObject, the garbage collector takes
+    # ReplicaSets, EndpointSlices and KEDA's HPAs).
     idle = ids[ACTIVE:]
     store.redis.zadd("sm:bundled", dict.fromkeys(idle, time.time() - 3600))
     tiers = Tiers(settings, store, stack.client(namespace))
@@ -162,14 +174,22 @@ def _objects_figure(ctx: Context, stack: Stack, figure: Figure, count: int) -> N
             if not done:
                 break
             archived += done
-    archive_seconds = time.monotonic() - began
+        archive_seconds = time.monotonic() - began
+        print(f"    archived {archived} in {archive_seconds:.0f}s", flush=True)
+        deadline = time.monotonic() + 900 + count / 5
+        while (sweeping := tiers.archive_idle(pool)["sweeping"]) and time.monotonic() < deadline:
+            time.sleep(5)
+        if sweeping:
+            raise RuntimeError(f"{sweeping} archives still had objects after "
+                               f"{time.monotonic() - began:.0f}s")
+    swept_seconds = time.monotonic() - began
     wait_until(lambda: _objects(stack, namespace) <= (sleeping[0] - base_objects) * ACTIVE
                / count * 1.2 + base_objects, timeout=600 + count / 10, interval=5,
                what="the archived sessions' pods and HPAs gone")
     after = _measure(stack, namespace, etcd)
     print(f"    {count} sessions, {ACTIVE} active: {after[0]} objects, {after[1]} etcd keys, "
-          f"{after[2] / 2**20:.1f} MiB (archived {archived} in {archive_seconds:.0f}s)",
-          flush=True)
+          f"{after[2] / 2**20:.1f} MiB (objects of the archives gone after "
+          f"{swept_seconds:.0f}s)", flush=True)
 
     per_session = (sleeping[0] - base_objects) / count
     expected_active = per_session * ACTIVE
@@ -186,11 +206,15 @@ def _objects_figure(ctx: Context, stack: Stack, figure: Figure, count: int) -> N
         Row(f"etcd size, {ACTIVE} active + archived", "MiB", [(after[2] - base_size) / 2**20],
             ratios=[(after[2] - base_size) / max(1, sleeping[2] - base_size)],
             baseline="all asleep"),
-        Row("archive throughput", "sessions/s", [archived / max(archive_seconds, 1e-9)]),
+        Row("archive pass: sessions archived (objects deleted)", "sessions/s",
+            [archived / max(archive_seconds, 1e-9)]),
+        Row("archives' objects gone (finalizers, garbage collection)", "sessions/s",
+            [archived / max(swept_seconds, 1e-9)]),
     ]
     figure.data["objects"] = {"sessions": count, "active": ACTIVE, "base": base_objects,
                               "sleeping": sleeping, "archived": after,
-                              "archive_seconds": archive_seconds}
+                              "archive_seconds": archive_seconds,
+                              "swept_seconds": swept_seconds}
     stack.cluster.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=900s",
                           check=False)
 
@@ -227,7 +251,10 @@ def _wake_figure(ctx: Context, stack: Stack, figure: Figure) -> None:
         samples["sleeping"].append(sleeper.chat_to_reply())
         archived.to_zero()
         assert tiers.archive(archived.id, time.time() + 1) == "archived"
-        wait_until(lambda: not archived.pods(), timeout=120, what="the archived pod gone")
+        # Measured from an archive that is done: pod gone, and every object (KEDA's finalizer
+        # on the ScaledObject dropped), else the restore waits for that first.
+        wait_until(lambda: not archived.pods() and not tiers.finish_sweeps()["sweeping"],
+                   timeout=120, what="the archived session's pod and objects gone")
         samples["archived"].append(archived.chat_to_reply())
         print(f"    turn {turn + 1}/{turns}: sleeping {samples['sleeping'][-1]:.2f}s, "
               f"archived {samples['archived'][-1]:.2f}s", flush=True)
@@ -283,9 +310,9 @@ def _answers(client: Client) -> bool:
 def _memory_figure(ctx: Context, stack: Stack, figure: Figure) -> None:
     namespace = "bench-tiers-memory"
     stack.namespace(namespace)
-    stack.store.redis.flushall()  # and so the database is this namespace's worker's now
+    url, store = _database(stack, 2)  # this namespace's worker's
     port = int(stack.settings.scaler_port) + 1
-    env = {**os.environ, "REDIS_URL": stack.redis.url, "NAMESPACE": namespace,
+    env = {**os.environ, "REDIS_URL": url, "NAMESPACE": namespace,
            "KUBECONFIG": str(stack.cluster.kubeconfig), "API_KEYS": API_KEY,
            "LOG_LEVEL": "WARNING", "WEB_CONCURRENCY": "1", "RATE_LIMITS_ENABLED": "false",
            "ARCHIVE_AFTER_SECONDS": "600", "RECONCILE_INTERVAL_SECONDS": "5",
@@ -306,7 +333,7 @@ def _memory_figure(ctx: Context, stack: Stack, figure: Figure) -> None:
         have = 0
         rss: dict[str, list[float]] = {"api": [], "worker": []}
         for size in MEMORY_SIZES:
-            _archived_records(stack.store, size - have)
+            _archived_records(store, size - have)
             have = size
             # Every process has had to read them: pages of /sessions, the figures, and the
             # worker's reconcile passes over every record.

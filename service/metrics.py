@@ -36,6 +36,10 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily("session_manager_restores_asked",
                                 "Archived sessions a chat or a wake asked back, not yet restored",
                                 value=counts["restores_asked"])
+        yield GaugeMetricFamily("session_manager_archives_sweeping",
+                                "Archived sessions whose objects are still being deleted "
+                                "(waiting on a finalizer: KEDA's, on the ScaledObject)",
+                                value=counts["archives_sweeping"])
         messages = CounterMetricFamily("session_manager_messages", "Chat messages by outcome",
                                        labels=["outcome"])
         for outcome in ("queued", "delivered", "failed", "forwarded"):

@@ -6,7 +6,7 @@ period; (3) records whose Deployment is gone are marked failed, and deletes that
 interrupted are finished; (4) a paused flag that drifted from the ScaledObject's pause
 annotation (a crash or a Redis error between the two writes of a sleep or a wake) is set back
 to what the cluster does — the annotation is always written first; (5) an archived session
-whose objects are still there (its archive sweep failed) is swept again. The figures are
+with objects not being deleted (its archive's deletes failed) is swept again. The figures are
 returned and logged.
 
 At scale: cluster lists are paged and metadata-only, records are read a page at a time in one
@@ -154,7 +154,9 @@ class Reconciler:
                 self.store.delete_session(session_id)
                 figures["deletes_finished"] += 1
         elif record["status"] == "archived":
-            if session_id in live:  # an archive whose sweep failed (or a restore's apply did)
+            # `live` leaves out objects being deleted (an archive's ScaledObject waiting on
+            # KEDA): these are an archive whose deletes failed, or a restore's record update.
+            if session_id in live:
                 try:
                     if self.tiers.sweep_if_free(session_id):
                         figures["archives_swept"] += 1

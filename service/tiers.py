@@ -4,10 +4,13 @@ expired (SESSION_TTL: the reconciler reaps it). And which version of the templat
 on: a sleeping session on an older one is brought up to date as it wakes, awake ones by
 `python -m service reapply`.
 
-Whoever changes a session's objects (the archiver's sweep, a restore, a re-apply) holds its
-bundle lock in Redis, so a restore never applies onto objects a sweep is still deleting (a
-ScaledObject waits on KEDA's finalizer). A restore that cannot run now stays asked in the
-restore index, where the worker picks it up: a chat to an archived session is never lost.
+Whoever changes a session's objects (the archiver's deletes, a restore, a re-apply) holds its
+bundle lock in Redis while it does. An archive's objects may outlive its deletes: a
+ScaledObject waits on KEDA's finalizer, minutes when KEDA is busy with thousands. The archiver
+does not wait for that (it would hold a slot of its pass per session): the session stays in
+the sweeping index, its next passes drop it once its objects are gone, and a restore applies
+only then, never onto an object about to vanish. A restore that cannot run now stays asked in
+the restore index, where the worker picks it up: a chat to an archived session is never lost.
 """
 
 from __future__ import annotations
@@ -20,17 +23,15 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from . import bundle
+from .archiving import LOCK_SECONDS, Archiving
 from .config import Settings
 from .errors import SessionManagerError
 from .kube import Kube
 from .store import Store, keda_keys
-from .templates import TemplateVersion, template_kinds
+from .templates import TemplateVersion
 
 log = logging.getLogger(__name__)
 
-# The bundle lock's life: longer than a sweep, its finalizers and an apply take.
-LOCK_SECONDS = 120
-SWEEP_WAIT_SECONDS = 90  # how long an archive waits for its objects to be gone
 RESTORE_RETRY_SECONDS = 1.0
 PAGE_SIZE = 200
 # Sessions with a bundle: what `reapply` brings up to date (sleeping ones are on wake).
@@ -39,13 +40,7 @@ REAPPLIED_STATUSES = ("created", "waking", "running", "failed")
 REFRESHED_STATUSES = ("sleeping", "failed")
 
 
-def kinds_of(record: dict[str, str]) -> list[bundle.KindRef]:
-    """The kinds a session's bundle was applied with, as its record says."""
-    pairs = (item.split(" ", 1) for item in (record.get("bundle_kinds") or "").split(",") if item)
-    return [bundle.KindRef(api, kind) for api, kind in pairs]
-
-
-class Tiers:
+class Tiers(Archiving):
     def __init__(self, settings: Settings, store: Store, kube: Kube,
                  version: TemplateVersion | None = None) -> None:
         self.settings = settings
@@ -65,7 +60,8 @@ class Tiers:
               wait_for_lock_seconds: float = 0) -> str:
         """Apply the session's bundle as the templates make it now, if its status is one of
         `statuses` (read under the lock). Returns 'applied', 'skipped' (another status, or no
-        record) or 'locked' (someone else is changing its objects). Raises KubeError."""
+        record) or 'locked' (someone else is changing its objects, or its archive's are still
+        being deleted). Raises KubeError."""
         token = secrets.token_hex(8)
         deadline = time.monotonic() + wait_for_lock_seconds
         while not self.store.take_bundle_lock(session_id, token, seconds=LOCK_SECONDS):
@@ -76,6 +72,8 @@ class Tiers:
             record = self.store.get_session(session_id)
             if record is None or record["status"] not in statuses:
                 return "skipped"
+            if not self._swept(session_id, record):
+                return "locked"  # its archive's objects are still being deleted
             version = self.version()
             rendered = self.render(session_id)
             kinds = [(k.api_version, k.kind) for k in rendered.kinds()]
@@ -150,79 +148,3 @@ class Tiers:
                 for outcome in pool.map(one, due):
                     figures[outcome] += 1
         return figures
-
-    # -- archiving -----------------------------------------------------------------------
-
-    def archive_idle(self, pool: ThreadPoolExecutor) -> dict[str, int]:
-        """One pass: archive every session with a bundle idle ARCHIVE_AFTER_SECONDS, the
-        sweeps run on `pool`. Returns the figures."""
-        figures = {"archived": 0, "errors": 0}
-        if not self.settings.archive_after_seconds:
-            return figures
-        idle_since = time.time() - self.settings.archive_after_seconds
-        seen: set[str] = set()
-        while True:
-            # Archived ones leave the index; those kept (busy, locked) are skipped by `seen`.
-            page = [sid for sid in self.store.idle_bundled(
-                idle_since=idle_since, limit=PAGE_SIZE + len(seen)) if sid not in seen]
-            if not page:
-                return figures
-            seen.update(page)
-            for outcome in pool.map(lambda sid: self.archive(sid, idle_since), page):
-                if outcome in figures:
-                    figures[outcome] += 1
-
-    def archive(self, session_id: str, idle_since: float) -> str:
-        """Archive one session if it is still idle and has nothing to deliver: 'archived',
-        'errors' (its sweep failed; the reconciler sweeps it again), or why it was not."""
-        token = secrets.token_hex(8)
-        outcome = self.store.archive(session_id, idle_since=idle_since, lock_token=token,
-                                     lock_seconds=LOCK_SECONDS)
-        if outcome != "archived":
-            return outcome
-        try:
-            self.sweep(session_id)
-        except SessionManagerError as err:
-            log.warning("archived, but its objects could not be swept yet: %s", err.message,
-                        extra={"session_id": session_id})
-            return "errors"
-        finally:
-            self.store.release_bundle_lock(session_id, token)
-        log.info("session archived", extra={"session_id": session_id})
-        return "archived"
-
-    def sweep(self, session_id: str) -> None:
-        """Sweep the session's bundle and wait until it is gone, finalizers included (the
-        caller holds the bundle lock, so no restore applies onto objects being deleted)."""
-        record = self.store.get_session(session_id) or {}
-        kinds = list(dict.fromkeys([*kinds_of(record), *template_kinds(self.settings)]))
-        self.kube.delete(session_id, kinds)
-        # Most kinds are gone at once; only those with finalizers (KEDA's on the ScaledObject)
-        # linger. A kind found empty stays empty (the lock is held), so each later look lists
-        # only what was left, less and less often: every list costs the API server a pass
-        # over the namespace's objects of that kind.
-        deadline = time.monotonic() + SWEEP_WAIT_SECONDS
-        pause = 0.1
-        while kinds := [kind for kind in kinds if self.kube.remaining(session_id, [kind])]:
-            if time.monotonic() > deadline:
-                log.warning("objects still there %ss after the sweep", SWEEP_WAIT_SECONDS,
-                            extra={"session_id": session_id,
-                                   "kinds": [kind.kind for kind in kinds]})
-                return
-            time.sleep(pause)
-            pause = min(2.0, pause * 2)
-
-    def sweep_if_free(self, session_id: str) -> bool:
-        """Sweep an archived session's objects if nobody holds its bundle lock (the
-        reconciler, for an archive whose sweep failed). True when it swept."""
-        token = secrets.token_hex(8)
-        if not self.store.take_bundle_lock(session_id, token, seconds=LOCK_SECONDS):
-            return False
-        try:
-            record = self.store.get_session(session_id)
-            if record is None or record["status"] != "archived":
-                return False
-            self.sweep(session_id)
-            return True
-        finally:
-            self.store.release_bundle_lock(session_id, token)

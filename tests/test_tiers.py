@@ -124,7 +124,7 @@ def test_a_chat_during_the_archive_sweep_waits_queued_and_the_worker_restores_it
     assert store.restores_asked() == 1 and api.status(session_id)["status"] == "archived"
     assert api.status(session_id)["queue_length"] == 1
 
-    worker.tiers.sweep(session_id)  # the archiver's sweep ends, and it lets go of the lock
+    worker.tiers.sweep(session_id)  # the archiver's deletes end, and it lets go of the lock
     assert bundle_objects(kube, settings, session_id) == []
     store.release_bundle_lock(session_id, "archiver")
     with running(worker):
@@ -135,6 +135,56 @@ def test_a_chat_during_the_archive_sweep_waits_queued_and_the_worker_restores_it
         wait_for(lambda: replies(api, session_id) == [
             ("m-1", "delivered", "echo: while sweeping")], what="the queued chat delivered")
     assert store.restores_asked() == 0
+
+
+def hold_scaled_object(kube, session_id: str, held: bool) -> None:
+    """Play a busy KEDA: a finalizer on the ScaledObject keeps it, being deleted, until let go."""
+    k8s.CustomObjectsApi(kube.api_client).patch_namespaced_custom_object(
+        "keda.sh", "v1alpha1", kube.namespace, "scaledobjects", names.object_name(session_id),
+        {"metadata": {"finalizers": ["test.session-manager/busy-keda"] if held else None}})
+
+
+def test_an_archive_does_not_wait_for_a_finalizer_and_a_chat_waits_until_its_objects_are_gone(
+        settings, store, kube, demo_agent, make_api, make_worker):
+    settings = settings.replace(pod_url_template=demo_agent.url, **ARCHIVING)
+    api, worker = make_api(settings), make_worker(settings)
+    session_id, other = api.create(), api.create()
+    everything = bundle_objects(kube, settings, session_id)
+    scaled_object = f"ScaledObject/{names.object_name(session_id)}"
+    hold_scaled_object(kube, session_id, True)
+    store.redis.zadd("sm:bundled", {session_id: time.time() - 60, other: time.time() - 60})
+
+    # The pass deletes both bundles and returns; it does not sit out KEDA's finalizer (the
+    # sweep used to wait up to 90 s for it, holding one of BUNDLE_CONCURRENCY slots).
+    started = time.monotonic()
+    assert archive_now(worker)["archived"] == 2
+    assert time.monotonic() - started < 30
+    assert bundle_objects(kube, settings, other) == []
+    assert bundle_objects(kube, settings, session_id) == [scaled_object]  # being deleted
+    assert archive_now(worker) == {"archived": 0, "errors": 0, "swept": 1, "sweeping": 1}
+
+    # A chat meanwhile is kept, and nothing is applied onto the object about to vanish.
+    code, body = api.chat(session_id, "while KEDA is busy", "m-1")
+    assert (code, body["status"]) == (202, "queued"), body
+    assert store.restores_asked() == 1 and api.status(session_id)["status"] == "archived"
+    text = api.client.get("/metrics", headers={**api.headers, "Accept": "text/plain"})
+    assert "session_manager_archives_sweeping 1.0" in text.get_data(as_text=True)
+    with running(worker):
+        time.sleep(3)  # the worker tries the restore every second
+        assert bundle_objects(kube, settings, session_id) == [scaled_object]
+        assert api.status(session_id)["status"] == "archived"
+        hold_scaled_object(kube, session_id, False)  # KEDA lets go: the object is gone
+        wait_for(lambda: bundle_objects(kube, settings, session_id) == everything,
+                 timeout=10, what="the bundle restored once its old objects were gone")
+        wait_for(lambda: api.status(session_id)["status"] == "waking", what="waking")
+        mark_deployment_ready(kube, session_id)
+        wait_for(lambda: replies(api, session_id) == [
+            ("m-1", "delivered", "echo: while KEDA is busy")], what="the queued chat delivered")
+    assert store.sweeping(limit=10) == {} and store.restores_asked() == 0
+    # The restored ScaledObject is a new one, not the held one brought back.
+    restored = k8s.CustomObjectsApi(kube.api_client).get_namespaced_custom_object(
+        "keda.sh", "v1alpha1", kube.namespace, "scaledobjects", names.object_name(session_id))
+    assert "deletionTimestamp" not in restored["metadata"]
 
 
 def test_a_wake_brings_an_archived_session_back(settings, store, kube, make_api, make_worker):

@@ -1,10 +1,12 @@
 -- Archive an idle session: its record and conversation stay, its bundle is about to be swept.
 -- Only when it is still idle since `cutoff`, has no queued or in-flight message, no restore
 -- asked, and the bundle lock is free: the lock is taken here, in the same step, and held by
--- the archiver until the sweep is done (a restore waits for it).
+-- the archiver while it deletes the objects. The session is in the sweeping index from now
+-- until its objects are gone (a restore waits for that; a crash before the deletes is
+-- caught by the archiver's next pass).
 -- KEYS: record, status_index_prefix, bundled_index, restore_index, queue, inflight, events,
---       bundle_lock
--- ARGV: id, cutoff (epoch s), lock_token, lock_ms, now_iso
+--       bundle_lock, sweeping_index
+-- ARGV: id, cutoff (epoch s), lock_token, lock_ms, now_iso, now (epoch ms)
 -- Returns 'archived', or why not: gone|terminating|archived|active|busy|locked
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
@@ -28,6 +30,7 @@ redis.call('ZADD', KEYS[2] .. 'archived', order, ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'archived', 'reason', '', 'replicas', '0',
   'ready_replicas', '0', 'pod_ip', '', 'paused', '0', 'archived_at', ARGV[5])
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[9], ARGV[6], ARGV[1])
 append_event(KEYS[1], KEYS[7], ARGV[1], 'status',
   {status = 'archived', reason = '', replicas = 0, ready_replicas = 0, paused = false})
 return 'archived'

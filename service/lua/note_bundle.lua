@@ -1,13 +1,14 @@
 -- A bundle was applied for the session: record its version and kinds. An archived session
 -- (a restore) becomes `waking` and counts as active from now; an applied session is in the
--- bundled index either way (a re-apply keeps its idle clock).
--- KEYS: record, status_index_prefix, bundled_index, restore_index, events
+-- bundled index either way (a re-apply keeps its idle clock), and no longer sweeping.
+-- KEYS: record, status_index_prefix, bundled_index, restore_index, events, sweeping_index
 -- ARGV: id, version, kinds, applied_at (epoch s)
 -- Returns the status before, or false when the record is gone.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('ZREM', KEYS[6], ARGV[1])
   return false
 end
 if status == 'terminating' then return status end
@@ -19,6 +20,7 @@ if status == 'archived' then
   redis.call('ZADD', KEYS[2] .. 'waking', order, ARGV[1])
   redis.call('HSET', KEYS[1], 'status', 'waking', 'reason', '')
   redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('ZREM', KEYS[6], ARGV[1])
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
   append_event(KEYS[1], KEYS[5], ARGV[1], 'status',
     {status = 'waking', reason = '', replicas = 0, ready_replicas = 0, paused = false})

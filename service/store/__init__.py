@@ -37,6 +37,7 @@ from .keys import (
     SETTLED_CHANNEL,
     STATS,
     STATUS_INDEX_PREFIX,
+    SWEEPING_INDEX,
     WORK_CHANNEL,
     _data_keys,
     _delivery_lease,
@@ -247,8 +248,8 @@ class Store(EventLog, BundleTiers, Coordination):
         return bool(self._run(
             "delete_session",
             [record_key(session_id), ALL_INDEX, EXPIRY_INDEX, PENDING_INDEX,
-             STATUS_INDEX_PREFIX, BUNDLED_INDEX, RESTORE_INDEX, work_key(session_id),
-             _delivery_lease(session_id), *_data_keys(session_id)],
+             STATUS_INDEX_PREFIX, BUNDLED_INDEX, RESTORE_INDEX, SWEEPING_INDEX,
+             work_key(session_id), _delivery_lease(session_id), *_data_keys(session_id)],
             [session_id, *STATUSES],
         ))
 
@@ -282,12 +283,14 @@ class Store(EventLog, BundleTiers, Coordination):
             pipe.zcard(PENDING_INDEX)
             pipe.zcard(BUNDLED_INDEX)
             pipe.zcard(RESTORE_INDEX)
+            pipe.zcard(SWEEPING_INDEX)
             pipe.hgetall(STATS)
-            total, *by_status, pending, bundled, restores, stats = pipe.execute()
+            total, *by_status, pending, bundled, restores, sweeping, stats = pipe.execute()
         except UNAVAILABLE as err:
             raise unavailable(err) from err
         counts = {"total": total, "sessions_with_pending_messages": pending,
-                  "sessions_with_bundle": bundled, "restores_asked": restores}
+                  "sessions_with_bundle": bundled, "restores_asked": restores,
+                  "archives_sweeping": sweeping}
         counts.update(dict(zip(STATUSES, by_status, strict=True)))
         for name in ("queued", "delivered", "failed", "forwarded"):
             counts[f"messages_{name}"] = int(stats.get(name, 0))

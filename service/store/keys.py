@@ -32,6 +32,12 @@ APPLIED_KINDS = _P + "kinds"
 BUNDLED_INDEX = _P + "bundled"
 # Archived sessions a chat or a wake asked back; score = when a restore is due (epoch ms).
 RESTORE_INDEX = _P + "restore"
+# Archived sessions whose objects may still be in the cluster: deleted, but an object with a
+# finalizer (KEDA's on the ScaledObject) lingers until its controller lets go, minutes when
+# KEDA is busy with thousands. Score = when its sweep began (epoch ms). The archiver does not
+# wait for them: its next passes drop those whose objects are gone, and a restore applies only
+# once they are (it would apply onto an object about to vanish).
+SWEEPING_INDEX = _P + "sweeping"
 # The sessions namespace this Redis database serves, set by the first worker: the archiver,
 # the reconciler and the watch act on every record here, so two installations sharing one
 # database would sweep and mark each other's sessions.

@@ -1,6 +1,7 @@
 """What the tiers need of Redis: which sessions have a bundle in the cluster and since when
-they are idle, archiving one, restores asked for, the bundle lock and the version a session
-runs. Mixed into Store (which provides redis, _run and _call)."""
+they are idle, archiving one, archives whose objects are still being deleted, restores asked
+for, the bundle lock and the version a session runs. Mixed into Store (which provides redis,
+_run and _call)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from .keys import (
     BUNDLED_INDEX,
     RESTORE_INDEX,
     STATUS_INDEX_PREFIX,
+    SWEEPING_INDEX,
     WORK_CHANNEL,
     _bundle_lock,
     _inflight_key,
@@ -34,16 +36,41 @@ class BundleTiers:
 
     def archive(self, session_id: str, *, idle_since: float, lock_token: str,
                 lock_seconds: int) -> str:
-        """Mark an idle session archived and take its bundle lock (the caller sweeps, then
-        releases it). Returns 'archived', or why not (see archive_session.lua)."""
+        """Mark an idle session archived, put it in the sweeping index and take its bundle
+        lock (the caller deletes its objects, then releases it). Returns 'archived', or why
+        not (see archive_session.lua)."""
         from . import iso, utc_now  # the core module imports this one
 
         return self._run(
             "archive_session",
             [record_key(session_id), STATUS_INDEX_PREFIX, BUNDLED_INDEX, RESTORE_INDEX,
              queue_key(session_id), _inflight_key(session_id), events_key(session_id),
-             _bundle_lock(session_id)],
-            [session_id, int(idle_since), lock_token, lock_seconds * 1000, iso(utc_now())])
+             _bundle_lock(session_id), SWEEPING_INDEX],
+            [session_id, int(idle_since), lock_token, lock_seconds * 1000, iso(utc_now()),
+             int(time.time() * 1000)])
+
+    # An archive's objects are being deleted: in the sweeping index until they are gone.
+
+    def mark_sweeping(self, session_id: str) -> None:
+        """An archived session's objects are being deleted again (a failed sweep found)."""
+        self._call(self.redis.zadd, SWEEPING_INDEX, {session_id: int(time.time() * 1000)},
+                   nx=True)
+
+    def sweeping(self, *, limit: int) -> dict[str, float]:
+        """Archives whose objects may still be there, the oldest first: id -> when (ms)."""
+        return dict(self._call(self.redis.zrange, SWEEPING_INDEX, 0, limit - 1,
+                               withscores=True))
+
+    def sweeping_since(self, session_id: str) -> float | None:
+        return self._call(self.redis.zscore, SWEEPING_INDEX, session_id)
+
+    def drop_sweeping(self, entries: dict[str, float]) -> int:
+        """These archives' objects are gone: out of the index, each only if its entry is the
+        one read (a session restored and archived again since is sweeping anew)."""
+        if not entries:
+            return 0
+        return int(self._run("drop_if_score", [SWEEPING_INDEX],
+                             [item for pair in entries.items() for item in pair]))
 
     def take_bundle_lock(self, session_id: str, token: str, *, seconds: int) -> bool:
         return bool(self._call(self.redis.set, _bundle_lock(session_id), token, nx=True,
@@ -59,7 +86,7 @@ class BundleTiers:
         return self._run(
             "note_bundle",
             [record_key(session_id), STATUS_INDEX_PREFIX, BUNDLED_INDEX, RESTORE_INDEX,
-             events_key(session_id)],
+             events_key(session_id), SWEEPING_INDEX],
             [session_id, version, ",".join(f"{api} {kind}" for api, kind in kinds),
              int(time.time())]) or None
 
