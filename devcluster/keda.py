@@ -45,7 +45,8 @@ class Keda:
     @property
     def env(self) -> dict[str, str]:
         return {"KUBECONFIG": str(self.kubeconfig), "KEDA_CLUSTER_OBJECT_NAMESPACE": NAMESPACE,
-                "POD_NAMESPACE": NAMESPACE, "WATCH_NAMESPACE": ""}
+                "POD_NAMESPACE": NAMESPACE, "WATCH_NAMESPACE": "",
+                "KEDA_SCALEDOBJECT_CTRL_MAX_RECONCILES": str(MAX_RECONCILES)}
 
     def start_operator(self) -> Daemon:
         make_ca_and_cert(self.cert_dir, common_name="keda-operator.keda.svc",
@@ -65,8 +66,8 @@ class Keda:
             # KEDA's defaults (20 requests/s, burst 30, 5 ScaledObjects reconciled at once)
             # made 2 HPAs a second for 2,000 new ScaledObjects and kept a deleted one's
             # finalizer for minutes; KEDA's docs advise raising them from ~400 ScaledObjects.
+            # (The concurrency is an environment variable, see `env`.)
             f"--kube-api-qps={API_QPS}", f"--kube-api-burst={API_BURST}",
-            f"--keda-scaledobject-ctrl-max-reconciles={MAX_RECONCILES}",
         ], env=self.env)
         healthz = f"http://127.0.0.1:{self.operator_health_port}/healthz"
         self.operator.wait_until(lambda: http_ok(healthz), timeout=60, what="keda-operator")
