@@ -135,7 +135,7 @@ class Chats:
             failed = (self._outcome(session_id, message_id, stored)
                       if stored.get("state") == "failed" else None)
             return failed or self._when_settled(session_id, message_id, info["seq"], wait_seconds)
-        relay.flush()  # the chunks a client saw add up to the reply that follows
+        relay.flush()  # the log has the whole text in chunks before the reply
         settle = functools.partial(
             self.store.finish_delivery, session_id, envelope=info["envelope"],
             lease_token=info["lease_token"], delivered=True, reply_or_error=json.dumps(reply),

@@ -2,10 +2,12 @@
 
 Chunks are coalesced: the first goes out at once (time to first chunk), later ones at most
 every FLUSH_SECONDS, so a pod writing token by token costs a few Redis writes a second, not
-one per token; what is left goes out before the final reply is stored, so the chunks a client
-saw add up to that reply. Chunks are a live view: the final reply, stored once when the pod
-is done, is what the conversation keeps. So a chunk that cannot be written (Redis away, the
-attempt's lease lost to another worker) stops the relay, never the delivery.
+one per token; what is left goes out before the final reply is stored, so a client reading
+along sees the whole text in chunks. Chunks are a live view (the log drops them when the reply
+is written, so a reader that lags gets the reply where the last chunks were): the final reply,
+stored once when the pod is done, is what the conversation keeps. So a chunk that cannot be
+written (Redis away, the attempt's lease lost to another worker) stops the relay, never the
+delivery.
 """
 
 from __future__ import annotations

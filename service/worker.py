@@ -151,7 +151,7 @@ class Worker:
                         err, extra={"session_id": session_id,
                                     "message_id": message["message_id"]})
             return False
-        relay.flush()  # the chunks a client saw add up to the reply that follows
+        relay.flush()  # the log has the whole text in chunks before the reply
         self.store.finish_delivery(
             session_id, envelope=claim["envelope"], lease_token=claim["lease_token"],
             delivered=True, reply_or_error=json.dumps(reply),
