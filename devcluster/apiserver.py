@@ -90,7 +90,7 @@ class KubeApiServer:
         # Alone, no node routes or serves these addresses: the range only has to hold every
         # session Service one test run creates (a /24 filled up at 254).
         self.binary = paths.kube_apiserver(build_missing=build)
-        self.etcd_binary = paths.system_binary("etcd", "etcd-server")
+        self.etcd_binary = paths.etcd(build_missing=build)
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.spawner = spawner or Spawner(workdir)

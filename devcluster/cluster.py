@@ -39,7 +39,7 @@ def missing_requirements() -> list[str]:
         missing.append("not root (the node needs mounts, bridges, iptables, cgroups)")
     for name, package in (("containerd", "containerd"), ("runc", "runc"),
                           ("iptables", "iptables"), ("dockerd", "docker.io"),
-                          ("debootstrap", "debootstrap"), ("etcd", "etcd-server"),
+                          ("debootstrap", "debootstrap"),
                           ("gcc", "gcc"), ("go", "golang (the machine's Go)")):
         try:
             paths.system_binary(name, package)

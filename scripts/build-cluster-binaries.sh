@@ -8,19 +8,27 @@
 #   - KEDA (operator, metrics API server, admission webhooks) from github.com/kedacore/keda/v2, built inside a copy of
 #     the module (its go.mod has replace lines, so `go install …@version` refuses it), plus its
 #     CRDs (config/crd) for the API server to validate what we send exactly as KEDA does.
+#   - etcd from go.etcd.io/etcd/server/v3, whose `replace go.etcd.io/etcd/X => ../X` lines are
+#     pointed at the published modules of the same release. Debian's etcd-server (3.4.23) lacks
+#     what kube-apiserver 1.35 needs to serve lists from its watch cache (RequestWatchProgress,
+#     etcd >= 3.4.31 / 3.5.13): every list, and every label-selector deletecollection, then
+#     reads all objects of the kind from etcd, 5 s a call at 5,000 sessions.
 #   - pause, the pod sandbox binary, from the Kubernetes module's build/pause (gcc -static).
 #   - actionlint, for the GitHub Actions workflows (`make test` lints them).
 # Each part is skipped when its outputs are cached. Prints progress on stderr and the bin
 # directory on the last line of stdout.
 #
-#   scripts/build-cluster-binaries.sh [kube|keda-crds|keda|pause|lint|coredns|all]   # default all
+#   scripts/build-cluster-binaries.sh [kube|etcd|keda-crds|keda|pause|lint|coredns|all]   # default all
 #   (all = what make test needs; coredns only for make e2e)
 #
-# Env: SESSION_MANAGER_CACHE (default ~/.cache/session-manager), KUBE_VERSION, KEDA_VERSION.
+# Env: SESSION_MANAGER_CACHE (default ~/.cache/session-manager), KUBE_VERSION, ETCD_VERSION,
+# KEDA_VERSION.
 set -o errexit -o nounset -o pipefail
 
 kube_version="${KUBE_VERSION:-v1.35.4}"
 keda_version="${KEDA_VERSION:-v2.20.2}"
+# The 3.6 line is what Kubernetes 1.35 is released and tested with (its client is 3.6 too).
+etcd_version="${ETCD_VERSION:-v3.6.16}"
 cache_dir="${SESSION_MANAGER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/session-manager}"
 bin_dir="$cache_dir/bin"
 what="${1:-all}"
@@ -96,6 +104,28 @@ build_kube() {
   done
   log "built Kubernetes $kube_version in $(( $(date +%s) - start ))s"
   rm -rf "$src" "$cache_dir/build/kube-out"
+}
+
+build_etcd() {
+  if [ -x "$bin_dir/etcd" ] && [ "$(cat "$bin_dir/etcd.version" 2>/dev/null)" = "$etcd_version" ]; then
+    log "cached: etcd $etcd_version"
+    return
+  fi
+  local src="$cache_dir/build/etcd" start
+  start=$(date +%s)
+  log "downloading go.etcd.io/etcd/server/v3@$etcd_version"
+  module_copy go.etcd.io/etcd/server/v3 "$etcd_version" "$src"
+  sed -i -E "s#^([[:space:]]*)(go\.etcd\.io/etcd/[a-z0-9/]+) => \.\./[a-z0-9/]+\$#\1\2 => \2 $etcd_version#" "$src/go.mod"
+  if grep -qE '=> \.\./' "$src/go.mod"; then
+    log "go.mod still has local replace lines after rewriting:"; grep -E '=> \.\./' "$src/go.mod" >&2; exit 1
+  fi
+  log "building etcd $etcd_version (about a minute cold on 2 cores)"
+  (cd "$src" && run_logged "$cache_dir/build/etcd-build.log" \
+    go build -trimpath -ldflags "-s -w" -o "$cache_dir/build/etcd-out/etcd" .)
+  install -m 0755 "$cache_dir/build/etcd-out/etcd" "$bin_dir/etcd"
+  echo "$etcd_version" >"$bin_dir/etcd.version"
+  log "built etcd $etcd_version in $(( $(date +%s) - start ))s"
+  rm -rf "$src" "$cache_dir/build/etcd-out"
 }
 
 keda_module_dir() {
@@ -199,12 +229,13 @@ build_lint() {
 
 case "$what" in
   kube) build_kube ;;
+  etcd) build_etcd ;;
   keda-crds) extract_keda_crds ;;
   keda) build_keda ;;
   pause) build_pause ;;
   lint) build_lint ;;
   coredns) build_coredns ;;
-  all) build_kube; build_keda; build_pause; build_lint ;;
-  *) log "usage: $0 [kube|keda-crds|keda|pause|lint|coredns|all]"; exit 2 ;;
+  all) build_kube; build_etcd; build_keda; build_pause; build_lint ;;
+  *) log "usage: $0 [kube|etcd|keda-crds|keda|pause|lint|coredns|all]"; exit 2 ;;
 esac
 echo "$bin_dir"
