@@ -1,8 +1,11 @@
-"""Apply and sweep against a real kube-apiserver (1.20, built from Debian's source)."""
+"""Apply and sweep against a real kube-apiserver (1.35) on etcd 3.6, both built from their Go
+modules."""
 
 from __future__ import annotations
 
+import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -140,3 +143,32 @@ def test_pause_annotation_is_set_read_back_and_survives_reapply(kube, settings, 
     assert kube.is_paused(session_id) is True
     assert kube.set_paused(session_id, False) is False
     assert kube.is_paused(session_id) is False
+
+
+def consistent_reads(kube: Kube) -> Counter:
+    """The API server's consistent reads (lists) by resource and whether they fell back from
+    its watch cache to etcd, from its own metrics."""
+    request = kube.api_client.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
+    response = kube.api_client.call_api(*request[:3])
+    counts: Counter = Counter()
+    for line in response.read().decode().splitlines():
+        if line.startswith("apiserver_watch_cache_consistent_read_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            counts[(labels["resource"], labels["fallback"])] += int(float(line.split()[-1]))
+    return counts
+
+
+def test_a_sweep_is_served_from_the_api_servers_cache(kube, settings, session_id):
+    """A label sweep picks one session's objects out of every object of the kind. The API
+    server does that in its watch cache only when etcd answers its watch-progress requests
+    (etcd >= 3.5.13); with Debian's etcd 3.4 it read every object from etcd, ~5 s a sweep at
+    5,000 sessions, and archiving ran at 0.35 sessions a second."""
+    rendered = render(settings, session_id)
+    kube.apply(rendered)
+    before = consistent_reads(kube)
+    kube.delete(session_id, rendered.kinds())
+    after = consistent_reads(kube) - before
+    assert after[("deployments", "false")] >= 1, after
+    assert after[("scaledobjects", "false")] >= 1, after
+    assert not [key for key in after if key[1] == "true"], after
+    assert live_objects(kube, rendered, session_id) == []
