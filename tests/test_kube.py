@@ -3,13 +3,13 @@ modules."""
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from kubernetes import client as k8s
+from prometheus_client.parser import text_string_to_metric_families
 
 from service import bundle, names, store
 from service.config import REPO_ROOT, Settings
@@ -151,12 +151,13 @@ def consistent_reads(kube: Kube) -> Counter:
     request = kube.api_client.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
     response = kube.api_client.call_api(*request[:3])
     counts: Counter = Counter()
-    for line in response.read().decode().splitlines():
-        if line.startswith("apiserver_watch_cache_consistent_read_total{"):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-            counts[(labels["resource"], labels["fallback"])] += int(float(line.split()[-1]))
+    for family in text_string_to_metric_families(response.read().decode()):
+        if family.name == "apiserver_watch_cache_consistent_read":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    labels = sample.labels
+                    counts[(labels["resource"], labels["fallback"])] += int(sample.value)
     return counts
-
 
 def test_a_sweep_is_served_from_the_api_servers_cache(kube, settings, session_id):
     """A label sweep picks one session's objects out of every object of the kind. The API
