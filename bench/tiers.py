@@ -31,6 +31,7 @@ from pathlib import Path
 from service import bundle, names
 from service.config import REPO_ROOT, Settings
 from service.store import Store, hash_token, keda_keys, utc_now
+from service.store.keys import BUNDLED_INDEX
 from service.templates import TemplateVersion
 from service.tiers import Tiers
 
@@ -166,8 +167,8 @@ def _objects_figure(ctx: Context, stack: Stack, figure: Figure, count: int) -> N
     # ACTIVE of them had activity just now (creating thousands of bundles and waiting for
     # KEDA takes longer than ARCHIVE_AFTER_SECONDS, so the first ones made would be idle).
     idle = ids[ACTIVE:]
-    store.redis.zadd("sm:bundled", dict.fromkeys(idle, time.time() - 3600))
-    store.redis.zadd("sm:bundled", dict.fromkeys(ids[:ACTIVE], time.time()))
+    store.redis.zadd(BUNDLED_INDEX, {**dict.fromkeys(idle, time.time() - 3600),
+                                     **dict.fromkeys(ids[:ACTIVE], time.time())})
     tiers = Tiers(settings, store, stack.client(namespace))
     began = time.monotonic()
     archived = 0

@@ -52,6 +52,18 @@ module_copy() {
   chmod -R u+w "$dest"
 }
 
+# Points a module's `replace M => <local dir>` lines at the published module M of `version`
+# (the module zip lacks those directories) and fails if one is left.
+#   publish_replaces GO_MOD MODULE_REGEX LOCAL_DIR_REGEX VERSION
+publish_replaces() {
+  local go_mod="$1" module="$2" local_dir="$3" version="$4"
+  sed -i -E "s#^([[:space:]]*)($module) => $local_dir\$#\1\2 => \2 $version#" "$go_mod"
+  if grep -qE "=> $local_dir" "$go_mod"; then
+    log "$go_mod still has local replace lines after rewriting:"
+    grep -E "=> $local_dir" "$go_mod" >&2; exit 1
+  fi
+}
+
 # Runs a build step with its output in a log, shown (tail) only when it fails.
 run_logged() {
   local logfile="$1"; shift
@@ -78,10 +90,7 @@ build_kube() {
   module_copy k8s.io/kubernetes "$kube_version" "$src"
   # The module's go.work names the staging directories too; we build the module alone.
   rm -f "$src/go.work" "$src/go.work.sum"
-  sed -i -E "s#^([[:space:]]*)(k8s\.io/[a-z0-9-]+) => \./staging/src/k8s\.io/[a-z0-9-]+\$#\1\2 => \2 $minor_version#" "$src/go.mod"
-  if grep -q '=> ./staging' "$src/go.mod"; then
-    log "go.mod still has staging replace lines after rewriting:"; grep '=> ./staging' "$src/go.mod" >&2; exit 1
-  fi
+  publish_replaces "$src/go.mod" 'k8s\.io/[a-z0-9-]+' '\./staging/src/k8s\.io/[a-z0-9-]+' "$minor_version"
   local major="${kube_version#v}"; major="${major%%.*}"
   local minor="${kube_version#v*.}"; minor="${minor%%.*}"
   local ldflags="-s -w" key val
@@ -115,10 +124,7 @@ build_etcd() {
   start=$(date +%s)
   log "downloading go.etcd.io/etcd/server/v3@$etcd_version"
   module_copy go.etcd.io/etcd/server/v3 "$etcd_version" "$src"
-  sed -i -E "s#^([[:space:]]*)(go\.etcd\.io/etcd/[a-z0-9/]+) => \.\./[a-z0-9/]+\$#\1\2 => \2 $etcd_version#" "$src/go.mod"
-  if grep -qE '=> \.\./' "$src/go.mod"; then
-    log "go.mod still has local replace lines after rewriting:"; grep -E '=> \.\./' "$src/go.mod" >&2; exit 1
-  fi
+  publish_replaces "$src/go.mod" 'go\.etcd\.io/etcd/[a-z0-9/]+' '\.\./[a-z0-9/]+' "$etcd_version"
   log "building etcd $etcd_version (about a minute cold on 2 cores)"
   (cd "$src" && run_logged "$cache_dir/build/etcd-build.log" \
     go build -trimpath -ldflags "-s -w" -o "$cache_dir/build/etcd-out/etcd" .)

@@ -159,6 +159,7 @@ def consistent_reads(kube: Kube) -> Counter:
                     counts[(labels["resource"], labels["fallback"])] += int(sample.value)
     return counts
 
+
 def test_a_sweep_is_served_from_the_api_servers_cache(kube, settings, session_id):
     """A label sweep picks one session's objects out of every object of the kind. The API
     server does that in its watch cache only when etcd answers its watch-progress requests
