@@ -2,7 +2,7 @@
 the worker process(es) have delivered all 500 to the demo agent. 1 worker, then 2.
 
 Messages are admitted with `Store.admit_chat` (what POST /chat does while no pod is ready).
-"Ready at once" = one pipeline of `Store.set_status(..., "running", from_cluster=True)`, the
+"Ready at once" = one pipeline of `Store.set_status(..., "running", actor=Actor.WATCH)`, the
 call the status watcher makes, which also makes the session's messages due immediately.
 Done = the `delivered` counter (finish_delivery.lua) went up by 500.
 """
@@ -15,6 +15,7 @@ import secrets
 import time
 
 from service.store import Store, iso, utc_now
+from service.transitions import Actor
 
 from .harness import Context, Proc, cpu_seconds, create_sessions
 from .profile import profiled
@@ -59,7 +60,7 @@ def _one_round(ctx: Context, store: Store, workers: list[Proc],
     on_pipe = Store(pipe, session_ttl_seconds=store.session_ttl,  # type: ignore[arg-type]
                     activity_ttl_seconds=store.activity_ttl)
     for sid in sessions:
-        on_pipe.set_status(sid, "running", from_cluster=True, replicas=1, ready_replicas=1)
+        on_pipe.set_status(sid, "running", actor=Actor.WATCH, replicas=1, ready_replicas=1)
     cpu_before = _cpu(ctx, workers)
     started = time.perf_counter()
     pipe.execute()

@@ -26,6 +26,7 @@ import time
 
 from devcluster.processes import free_port
 from service import sse
+from service.transitions import Actor
 
 from .harness import (
     SERVICE_NAMESPACE,
@@ -106,7 +107,7 @@ def _trial(ctx: Context, port: int, way: str, session_id: str, asleep: bool) -> 
     waker = None
     if asleep:
         waker = threading.Timer(WAKE_SECONDS, lambda: store.set_status(
-            session_id, "running", replicas=1, ready_replicas=1))
+            session_id, "running", replicas=1, ready_replicas=1, actor=Actor.WATCH))
     stream = _Stream(port, session_id, key) if way == "events" else None
     try:
         started = time.perf_counter()
@@ -176,9 +177,9 @@ def replies(ctx: Context) -> Figure:
                     for session_id in sessions:
                         if state == "running":
                             store.set_status(session_id, "running", replicas=1,
-                                             ready_replicas=1)
+                                             ready_replicas=1, actor=Actor.WATCH)
                         else:
-                            store.set_status(session_id, "sleeping")
+                            store.set_status(session_id, "sleeping", actor=Actor.WATCH)
                         timings.append(_trial(ctx, port, way, session_id, state == "sleeping"))
                     results[state][way].append((median(t[0] for t in timings),
                                                 median(t[1] for t in timings)))

@@ -21,6 +21,7 @@ import threading
 import time
 
 from devcluster.processes import free_port
+from service.transitions import Actor
 
 from .harness import (
     SERVICE_NAMESPACE,
@@ -159,12 +160,12 @@ def streams(ctx: Context) -> Figure:
                 opened.forget()
                 started = time.perf_counter()
                 for session_id in sessions:  # one status change each, to every stream
-                    store.set_status(session_id, "waking")
+                    store.set_status(session_id, "waking", actor=Actor.WATCH)
                 wait_until(lambda held=opened: held.seen_by_all(b'"status":"waking"'), timeout=60,
                            what="every stream seeing its session's event", proc=api)
                 fanout.append((time.perf_counter() - started) * 1000)
                 for session_id in sessions:
-                    store.set_status(session_id, "created")
+                    store.set_status(session_id, "sleeping", actor=Actor.WATCH)
             finally:
                 opened.close()
             # The server notices a client gone at its next heartbeat write (<= 30 s).

@@ -34,6 +34,7 @@ from service.store import Store, hash_token, keda_keys, utc_now
 from service.store.keys import BUNDLED_INDEX
 from service.templates import TemplateVersion
 from service.tiers import Tiers
+from service.transitions import Actor
 
 from .harness import Client, Context, Proc, wait_until
 from .report import Figure, Row, Target
@@ -116,7 +117,7 @@ def _sleeping_sessions(stack: Stack, settings: Settings, store: Store, count: in
         store.create_session(session_id, user_id="bench", now=utc_now(),
                              token_hash=hash_token(secrets.token_urlsafe(16)),
                              bundle_version=version, bundle_kinds=kinds)
-        store.set_status(session_id, "sleeping", from_cluster=True)
+        store.set_status(session_id, "sleeping", actor=Actor.WATCH)
         return session_id
 
     with ThreadPoolExecutor(4) as pool:

@@ -22,7 +22,7 @@ import yaml
 from . import paths
 from .certs import make_ca_and_cert
 from .paths import LocalServiceError
-from .processes import Daemon, Spawner, free_port, http_ok
+from .processes import Daemon, Spawner, free_port, http_ok, retry_on_port_in_use
 
 
 class RedisServer:
@@ -35,12 +35,24 @@ class RedisServer:
         self.port = free_port()
         self.password = secrets.token_hex(16)
         self.process: subprocess.Popen | None = None
+        self._started_once = False
 
     @property
     def url(self) -> str:
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        """Start (again: on the same port, so clients find it where it was)."""
+        if self._started_once:
+            return self._start()
+
+        def first_start() -> RedisServer:
+            self.port = free_port()
+            return self._start()
+
+        return retry_on_port_in_use(first_start)
+
+    def _start(self) -> RedisServer:
         log = self.workdir / "redis.log"
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
@@ -50,6 +62,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
         Daemon("redis-server", self.process, log).wait_until(self._answers, timeout=10)
+        self._started_once = True
         return self
 
     def _answers(self) -> bool:
@@ -113,12 +126,14 @@ class KubeApiServer:
         return f"https://{self.host}:{self.port}"
 
     def start(self) -> KubeApiServer:
-        self._start_etcd()
-        self._start_apiserver()
+        retry_on_port_in_use(self._start_etcd)
+        retry_on_port_in_use(self._start_apiserver)
         self._write_kubeconfig()
         return self
 
     def _start_etcd(self) -> None:
+        self.etcd_port = free_port()
+        shutil.rmtree(getattr(self, "_etcd_data", ""), ignore_errors=True)  # an earlier try
         # etcd fsyncs every write: on tmpfs the tests don't wait on the disk.
         shm = Path("/dev/shm")  # noqa: S108 - a private mkdtemp directory inside it
         data = Path(tempfile.mkdtemp(prefix="etcd-", dir=shm if shm.is_dir() else None))
@@ -132,6 +147,7 @@ class KubeApiServer:
         etcd.wait_until(lambda: http_ok(f"{url}/health"), timeout=20)
 
     def _start_apiserver(self) -> None:
+        self.port = free_port()
         self.certs.mkdir(exist_ok=True)
         subprocess.run(["openssl", "genrsa", "-out", str(self.sa_key), "2048"], check=True,
                        capture_output=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import network, paths
 from .certs import make_ca_and_cert
-from .processes import Daemon, Spawner, free_port, http_ok
+from .processes import Daemon, Spawner, free_port, http_ok, retry_on_port_in_use
 
 NAMESPACE = "keda"
 APISERVICE = "v1beta1.external.metrics.k8s.io"
@@ -35,10 +35,8 @@ class Keda:
         self.kubeconfig = kubeconfig
         self.cert_dir = run_dir / "keda-certs"
         self.ca_dir = run_dir / "keda-ca"
-        self.grpc_port = free_port()
-        self.operator_health_port = free_port()
-        self.operator_metrics_port = free_port()
-        self.adapter_port = free_port()
+        self.grpc_port = self.operator_health_port = self.operator_metrics_port = 0
+        self.adapter_port = 0
         self.operator: Daemon | None = None
         self.adapter: Daemon | None = None
 
@@ -49,6 +47,12 @@ class Keda:
                 "KEDA_SCALEDOBJECT_CTRL_MAX_RECONCILES": str(MAX_RECONCILES)}
 
     def start_operator(self) -> Daemon:
+        return retry_on_port_in_use(self._start_operator)
+
+    def _start_operator(self) -> Daemon:
+        self.grpc_port = free_port()
+        self.operator_health_port = free_port()
+        self.operator_metrics_port = free_port()
         make_ca_and_cert(self.cert_dir, common_name="keda-operator.keda.svc",
                          ips=(network.NODE_IP, "127.0.0.1"),
                          dns=("keda-operator.keda.svc", f"{METRICS_SERVICE}.keda.svc"))
@@ -75,7 +79,11 @@ class Keda:
 
     def start_adapter(self, apply, kubectl) -> Daemon:
         """The metrics API server on the node's address, registered as KEDA's APIService."""
+        return retry_on_port_in_use(lambda: self._start_adapter(apply, kubectl))
+
+    def _start_adapter(self, apply, kubectl) -> Daemon:
         kubeconfig = str(self.kubeconfig)
+        self.adapter_port = free_port()
         self.adapter = self.spawner.spawn("keda-adapter", [
             paths.binary("keda-adapter", build_part="keda"),
             f"--secure-port={self.adapter_port}", f"--bind-address={network.NODE_IP}",

@@ -8,27 +8,80 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from .paths import LocalServiceError
+
+T = TypeVar("T")
 
 # Every process of the stack gets this: no cloud SDK inside any of them looks up a metadata
 # service (kubelet's old in-tree AWS provider probed 169.254.169.254 at start).
 NO_CLOUD_ENV = {"AWS_EC2_METADATA_DISABLED": "true", "NO_PROXY": "*", "no_proxy": "*"}
 
 
+# Ports handed out by this process lately: not handed out again before their daemon binds.
+_handed_out: dict[int, float] = {}
+_handed_out_lock = threading.Lock()
+_HANDED_OUT_SECONDS = 120
+
+
 def free_port() -> int:
+    """A port nothing listens on, for a daemon to bind. Chosen below the kernel's ephemeral
+    range: every outgoing connection takes its source port from that range, so a port picked
+    there (as binding port 0 does) can be taken by some client's connection before the
+    daemon binds it — a stack started right after another stopped once failed just so. A
+    daemon that finds its port taken all the same exits with "address already in use"
+    (`PortInUse`), and its starter retries with new ports (`retry_on_port_in_use`)."""
+    ephemeral_low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    low = 10000 if ephemeral_low > 12000 else 1024
+    while True:
+        port = random.randrange(low, ephemeral_low)  # noqa: S311 - not a secret
+        with _handed_out_lock:
+            now = time.monotonic()
+            for old in [p for p, at in _handed_out.items() if now - at > _HANDED_OUT_SECONDS]:
+                del _handed_out[old]
+            if port in _handed_out or not _bindable(port):
+                continue
+            _handed_out[port] = now
+            return port
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("0.0.0.0", port))  # noqa: S104 - only asks whether the port is free
+        except OSError:
+            return False
+    return True
+
+
+class PortInUse(LocalServiceError):
+    """A daemon exited because a port it was given was taken before it bound it."""
+
+
+def retry_on_port_in_use(start: Callable[[], T], *, attempts: int = 3) -> T:
+    """Run `start` (which takes fresh ports from free_port each time) until no daemon of it
+    finds its port taken."""
+    for attempt in range(attempts):
+        try:
+            return start()
+        except PortInUse:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def http_ok(url: str, *, context=None, headers: Mapping[str, str] | None = None) -> bool:
@@ -63,8 +116,10 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running():
-                raise LocalServiceError(
-                    f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+                tail = self.log_tail()
+                error = PortInUse if "address already in use" in tail.lower() else \
+                    LocalServiceError
+                raise error(f"{self.name} exited with {self.process.returncode}:\n{tail}")
             if predicate():
                 return
             time.sleep(0.1)

@@ -49,23 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         from .validate import run  # dev dependency: only this command needs it
 
         return run(settings)
-    if args.command in ("serve", "worker"):
-        from .errors import BundleError
-        from .templates import check_templates
-
-        try:
-            settings.check_serving()
-            check_templates(settings)
-            if args.command == "worker" and settings.keda_scaler == "push" \
-                    and settings.scaler_tls_dir is None:
-                raise ConfigError(
-                    "KEDA_SCALER=push: the worker serves KEDA's scaler with mutual TLS; set "
-                    "SCALER_TLS_DIR to a directory with tls.crt, tls.key and ca.crt")
-        except BundleError as err:
-            print(f"configuration error: {err.message}", file=sys.stderr)
-            return 2
-        except ConfigError as err:
-            print(f"configuration error: {err}", file=sys.stderr)
+    if args.command in ("serve", "worker", "reapply"):
+        problem = _start_checks(settings, args.command)
+        if problem:
+            print(f"configuration error: {problem}", file=sys.stderr)
             return 2
     if args.command == "reapply":
         return _reapply(settings, args.concurrency or settings.bundle_concurrency, args.force)
@@ -75,6 +62,31 @@ def main(argv: list[str] | None = None) -> int:
         serve(settings)
         return 0
     return _worker(settings)
+
+
+def _start_checks(settings: Settings, command: str) -> str | None:
+    """What must hold before a process acts on sessions: its settings, the templates (they
+    render, their KEDA triggers match KEDA_SCALER) and, for the worker, the push scaler's
+    TLS. None when all do, else what is wrong."""
+    from .errors import BundleError
+    from .templates import check_templates
+
+    try:
+        if command == "reapply":
+            settings.check()
+        else:
+            settings.check_serving()
+        check_templates(settings)
+        if command == "worker" and settings.keda_scaler == "push" \
+                and settings.scaler_tls_dir is None:
+            raise ConfigError(
+                "KEDA_SCALER=push: the worker serves KEDA's scaler with mutual TLS; set "
+                "SCALER_TLS_DIR to a directory with tls.crt, tls.key and ca.crt")
+    except BundleError as err:
+        return err.message
+    except ConfigError as err:
+        return str(err)
+    return None
 
 
 def _render(settings: Settings, session_id: str) -> int:
@@ -104,7 +116,8 @@ def _store(settings: Settings):
 
 
 def _reapply(settings: Settings, concurrency: int, force: bool) -> int:
-    """Re-apply awake sessions' bundles; prints the figures as JSON. Exit 1 if any failed."""
+    """Re-apply awake sessions' bundles; prints the figures as JSON. Exit 1 if any failed, 2
+    if this database serves another installation (the check every worker makes)."""
     import json
 
     from . import logs
@@ -117,7 +130,12 @@ def _reapply(settings: Settings, concurrency: int, force: bool) -> int:
         print("error: --concurrency must be 1 to 64", file=sys.stderr)
         return 2
     try:
-        tiers = Tiers(settings, _store(settings), Kube.from_environment(settings.namespace))
+        store = _store(settings)
+        conflict = store.installation_conflict(settings.namespace)
+        if conflict:
+            print(f"configuration error: {conflict}", file=sys.stderr)
+            return 2
+        tiers = Tiers(settings, store, Kube.from_environment(settings.namespace))
         figures = tiers.reapply(concurrency=concurrency, force=force)
     except (BundleError, SessionManagerError) as err:
         print(f"error: {err.message}", file=sys.stderr)
@@ -145,8 +163,7 @@ def _worker(settings: Settings) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    worker.run(stop, health_port=settings.worker_health_port)
-    return 0
+    return worker.run(stop, health_port=settings.worker_health_port)
 
 
 if __name__ == "__main__":

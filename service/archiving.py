@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from . import bundle
@@ -24,6 +25,9 @@ log = logging.getLogger("service.tiers")
 # The bundle lock's life: longer than a sweep's deletes or an apply take.
 LOCK_SECONDS = 120
 PAGE_SIZE = 200  # idle sessions read at a time
+# Sessions one pass looks at, at most: a backlog (archiving just switched on, an outage) is
+# worked off over several passes, each short, instead of one pass of hours.
+MAX_PER_PASS = 2000
 # Archives a pass looks at for objects still there (one listing of each kind serves them all).
 SWEEPING_BATCH = 10_000
 # An archive whose objects are still there after this is worth a warning (KEDA down or slow).
@@ -43,10 +47,11 @@ class Archiving:
     store: Store
     kube: Kube
 
-    def archive_idle(self, pool: ThreadPoolExecutor) -> dict[str, int]:
+    def archive_idle(self, pool: ThreadPoolExecutor,
+                     beat: Callable[[], None] = lambda: None) -> dict[str, int]:
         """One pass: first the earlier archives whose objects were still being deleted, then
-        archive every session with a bundle idle ARCHIVE_AFTER_SECONDS, their deletes on
-        `pool`. Returns the figures."""
+        archive the sessions with a bundle idle ARCHIVE_AFTER_SECONDS (MAX_PER_PASS at most),
+        their deletes on `pool`; `beat` after each session. Returns the figures."""
         figures = {"archived": 0, "errors": 0, "swept": 0, "sweeping": 0}
         if not self.settings.archive_after_seconds:
             return figures
@@ -55,8 +60,9 @@ class Archiving:
         except SessionManagerError as err:  # the next pass looks again; archiving goes on
             log.warning("could not check the archives still being deleted: %s", err.message)
         idle_since = time.time() - self.settings.archive_after_seconds
+        beat()
         seen: set[str] = set()
-        while True:
+        while len(seen) < MAX_PER_PASS:
             # Archived ones leave the index; those kept (busy, locked) are skipped by `seen`.
             page = [sid for sid in self.store.idle_bundled(
                 idle_since=idle_since, limit=PAGE_SIZE + len(seen)) if sid not in seen]
@@ -64,8 +70,10 @@ class Archiving:
                 return figures
             seen.update(page)
             for outcome in pool.map(lambda sid: self.archive(sid, idle_since), page):
+                beat()
                 if outcome in figures:
                     figures[outcome] += 1
+        return figures
 
     def archive(self, session_id: str, idle_since: float) -> str:
         """Archive one session if it is still idle and has nothing to deliver, and delete its

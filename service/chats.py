@@ -1,19 +1,17 @@
 """The chat use cases: admitting a message, answering it straight from a running pod or
 keeping it for the worker, holding a chat for its reply, a retried message_id, the message
-history. Mixed into Sessions (which provides settings, store, pods, tiers, waiter, the
-forward slots and _resume)."""
+history. Mixed into Sessions (which provides settings, store, deliveries, tiers, waiter,
+the forward slots and _resume)."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import logging
 import re
 import secrets
-import threading
 from typing import Any
 
+from .delivery import Claim
 from .errors import (
     BacklogFull,
     Conflict,
@@ -24,8 +22,6 @@ from .errors import (
     SessionStorageFull,
     Unavailable,
 )
-from .pods import PodError
-from .relay import ChunkRelay
 from .results import Result
 from .store import iso, utc_now
 
@@ -118,49 +114,18 @@ class Chats:
 
     def _forward(self, session_id: str, message: str, message_id: str, info: dict,
                  wait_seconds: int = 0) -> Result:
-        relay = ChunkRelay(self.store, session_id, seq=info["seq"], message_id=message_id,
-                           attempt=1, lease_token=info["lease_token"])
-        try:
-            reply = self.pods.chat(session_id, message, message_id, on_chunk=relay)
-        except PodError as err:
-            # Not lost: unless it can never succeed, it stays in flight for the worker, which
-            # retries with backoff (at once, without counting, if it never reached the pod).
-            log.warning("direct delivery failed: %s", err, extra={"session_id": session_id})
-            stored = self.store.finish_delivery(
-                session_id, envelope=info["envelope"], lease_token=info["lease_token"],
-                delivered=False, reply_or_error=str(err),
-                max_attempts=0 if err.permanent else self.settings.delivery_max_attempts,
-                retry_in_seconds=0 if err.not_sent else self.settings.delivery_backoff_seconds,
-                not_sent=err.not_sent)
-            failed = (self._outcome(session_id, message_id, stored)
-                      if stored.get("state") == "failed" else None)
-            return failed or self._when_settled(session_id, message_id, info["seq"], wait_seconds)
-        relay.flush()  # the log has the whole text in chunks before the reply
-        settle = functools.partial(
-            self.store.finish_delivery, session_id, envelope=info["envelope"],
-            lease_token=info["lease_token"], delivered=True, reply_or_error=json.dumps(reply),
-            max_attempts=self.settings.delivery_max_attempts, retry_in_seconds=0,
-            forwarded=True, budget_bytes=self.settings.max_session_bytes)
-        try:
-            settle()
-        except Unavailable:
-            # The pod has answered: the caller gets the reply now, and the reply is recorded
-            # once Redis is back (until then the message stays in flight under its lease; if
-            # that lapses first, a worker redelivers and the pod answers the same message_id
-            # with the same reply).
-            log.warning("reply not recorded yet (Redis unavailable); retrying in the "
-                        "background", extra={"session_id": session_id})
-            threading.Thread(target=self._settle_later, args=(settle, session_id),
-                             daemon=True).start()
-        return Result(200, {"uuid": session_id, "status": "processed", "message_id": message_id,
-                            "pod_response": reply})
-
-    def _settle_later(self, settle: Any, session_id: str) -> None:
-        try:
-            settle(retry_for_seconds=self.settings.delivery_lease_seconds)
-        except Unavailable:
-            log.warning("reply still not recorded; the worker will redeliver after the lease",
-                        extra={"session_id": session_id})
+        """The pod is ready and nothing is queued ahead: one delivery attempt, answered with
+        the pod's reply. A failed attempt is not lost: unless it can never succeed, it stays
+        in flight for the worker, which retries with backoff."""
+        claim = Claim(session_id, info["seq"], message_id, message, 1, info["envelope"],
+                      info["lease_token"])
+        outcome = self.deliveries.attempt(claim, forwarded=True)
+        if outcome.delivered:
+            return Result(200, {"uuid": session_id, "status": "processed",
+                                "message_id": message_id, "pod_response": outcome.reply})
+        failed = (self._outcome(session_id, message_id, outcome.stored)
+                  if outcome.stored.get("state") == "failed" else None)
+        return failed or self._when_settled(session_id, message_id, info["seq"], wait_seconds)
 
     def _replay(self, session_id: str, message: str, message_id: str, info: dict,
                 wait_seconds: int = 0) -> Result:
@@ -176,11 +141,9 @@ class Chats:
         outcome = self._outcome(session_id, message_id, stored)
         if outcome is not None:
             return outcome
-        if info.get("status") == "sleeping":  # still waiting: the retry also resumes
+        if info.get("status") in ("sleeping", "archived"):
+            # Still waiting: the retry also resumes it (and brings an archived one back).
             self._resume_for_chat(session_id)
-        elif info.get("status") == "archived":  # and brings an archived session back
-            self.store.ask_restore(session_id)
-            self.tiers.restore(session_id)
         return self._when_settled(session_id, message_id, seq, wait_seconds)
 
     def messages(self, session_id: str, *, after: int, limit: int) -> Result:
@@ -191,30 +154,30 @@ class Chats:
     def _wake_for_chat(self, session_id: str, info: dict) -> None:
         """A chat was queued for a session that is not running. An archived one gets its
         bundle back (the restore index holds the ask, so the worker restores it if this
-        cannot); one asleep on an older bundle is brought up to date first, and only then are
-        the scalers told (admit_chat left that to us). Slept (flag) or asleep as the cluster
-        says, it is resumed: the unpause is sent either way, so a flag that drifted from the
-        annotation cannot keep the session from waking."""
+        cannot); one asleep on an older bundle is brought up to date first (admit_chat holds
+        it from the scalers meanwhile), and only then are the scalers told. Slept (flag) or
+        asleep as the cluster says, it is resumed: the unpause is sent either way, so a flag
+        that drifted from the annotation cannot keep the session from waking."""
         if info["needs"] == "restore":
             self.tiers.restore(session_id)
             return
-        if info["needs"] == "refresh":
-            self.tiers.refresh(session_id)
-        if info["paused"] or info["status"] == "sleeping":
-            self._resume_for_chat(session_id)
-        if info["needs"] == "refresh":
-            # If Redis is away now, KEDA's next IsActive poll sees the work all the same.
-            with contextlib.suppress(Unavailable):
-                self.store.notify_work(session_id)
+        try:
+            if info["needs"] == "refresh":
+                self.tiers.refresh(session_id)
+            if info["paused"] or info["status"] == "sleeping":
+                self._resume_for_chat(session_id)
+        finally:
+            if info["needs"] == "refresh":
+                # If Redis is away now, the hold lapses and KEDA's next poll sees the work.
+                with contextlib.suppress(Unavailable):
+                    self.store.release_refresh_hold(session_id)
 
     def _resume_for_chat(self, session_id: str) -> None:
         """A chat was admitted for a session that is not running: make sure it is not held
         asleep. The message is already kept, so a failure here is logged, never answered as
         an error (a retry of the same message_id, a wake or the reconciler resumes it)."""
         try:
-            self._resume(session_id)
+            self._resume(session_id, touch=False)
         except (Unavailable, KubeError) as err:
             log.warning("could not resume the session for a queued chat: %s", err.message,
                         extra={"session_id": session_id})
-            return
-        self.store.set_status(session_id, "waking")

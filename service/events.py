@@ -154,11 +154,10 @@ class EventStream:
                 yield sse.frame("status", self._status_snapshot(), event_id=last)
             else:
                 last = self.after
-                if store.missed_since(sid, last):
-                    yield sse.frame("gap", {"after": last,
-                                            "message": "events after this id were trimmed "
-                                                       "from the log: re-read /messages"},
-                                    event_id=last)
+                resume = store.missed_since(sid, last)
+                if resume is not None:
+                    yield self._gap(last)
+                    last = resume
             beat_at = time.monotonic() + heartbeat
             read = True
             while True:
@@ -178,8 +177,14 @@ class EventStream:
                 if not read:
                     continue
                 wake.clear()  # before reading: a notice during the read is not lost
-                events, exists = store.events_after(sid, last, count=BATCH,
-                                                    max_kept=settings.max_messages_kept)
+                events, exists, missed = store.events_after(
+                    sid, last, count=BATCH, max_kept=settings.max_messages_kept)
+                if missed is not None:
+                    # The log was trimmed past where this stream stood (it fell behind):
+                    # say so, then go on from what the log still has.
+                    yield self._gap(last)
+                    last, read = missed, True
+                    continue
                 for event in events:
                     yield sse.frame(event.type, event.data, event_id=event.id)
                     last = event.id
@@ -192,6 +197,12 @@ class EventStream:
             log.warning("event stream ended: %s", err.message, extra={"session_id": sid})
         finally:
             notices.unregister(EVENTS_CHANNEL, sid, wake)
+
+    @staticmethod
+    def _gap(after: str) -> bytes:
+        return sse.frame("gap", {"after": after,
+                                 "message": "events after this id were trimmed from the log: "
+                                            "re-read /messages"}, event_id=after)
 
     def _status_snapshot(self) -> dict:
         record = self.streams.store.get_session(self.session_id) or {}

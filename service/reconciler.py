@@ -6,19 +6,23 @@ period; (3) records whose Deployment is gone are marked failed, and deletes that
 interrupted are finished; (4) a paused flag that drifted from the ScaledObject's pause
 annotation (a crash or a Redis error between the two writes of a sleep or a wake) is set back
 to what the cluster does — the annotation is always written first; (5) an archived session
-with objects not being deleted (its archive's deletes failed) is swept again. The figures are
+with objects not being deleted (its archive's deletes failed) is swept again; (6) a session
+unhealthy (failed, or crash-looping) for FAILED_SESSION_GRACE_SECONDS has its pending messages
+failed with the reason, so they neither wait forever nor hold the pod up. The figures are
 returned and logged.
 
 At scale: cluster lists are paged and metadata-only, records are read a page at a time in one
 round trip, and every expired record is reaped in the pass however many there are. A session
 whose sweep fails is counted and skipped; only an API server that fails several sessions in a
-row (it is down, not refusing one) ends the pass early.
+row (it is down, not refusing one) ends the pass early. A pass beats (`beat`) per page and per
+sweep, so the worker's liveness judges the pass's progress, not its length.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +34,7 @@ from .status import session_of
 from .store import Store
 from .templates import sweep_kinds
 from .tiers import Tiers
+from .transitions import Actor
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +52,15 @@ class Reconciler:
         self.kube = kube
         self.tiers = Tiers(settings, store, kube)
 
-    def run_once(self) -> dict[str, int]:
+    def run_once(self, beat: Callable[[], None] = lambda: None) -> dict[str, int]:
         figures = {"expired_swept": 0, "orphans_swept": 0, "records_failed": 0,
                    "deletes_finished": 0, "pauses_repaired": 0, "archives_swept": 0,
-                   "errors": 0}
+                   "messages_failed": 0, "errors": 0}
         self._paused: dict[str, bool] = {}
         self._unavailable_in_a_row = 0
+        self._beat = beat
         try:
+            self._fail_pending_of_failed(figures)
             kinds = sweep_kinds(self.settings, self.store)
             self._sweep_expired(kinds, figures)
             live = self._live_bundles(kinds)
@@ -66,11 +73,30 @@ class Reconciler:
             log.info("reconciled", extra={"figures": figures})
         return figures
 
+    def _fail_pending_of_failed(self, figures: dict[str, int]) -> None:
+        grace = self.settings.failed_session_grace_seconds
+        before_ms = int((time.time() - grace) * 1000)
+        offset = 0
+        while True:
+            page = self.store.failing_since(before_ms=before_ms, offset=offset, limit=PAGE_SIZE)
+            self._beat()
+            for session_id in page:
+                failed = self.store.fail_pending(session_id, before_ms=before_ms,
+                                                 grace_seconds=grace)
+                if failed:
+                    log.info("failed the pending messages of a session that did not recover",
+                             extra={"session_id": session_id, "messages": failed})
+                figures["messages_failed"] += failed
+            if len(page) < PAGE_SIZE:
+                return
+            offset += len(page)
+
     def _sweep(self, session_id: str, kinds: list[bundle.KindRef],
                figures: dict[str, int]) -> bool:
         """Label-sweep one session. A failure is counted and the session skipped (the next
         pass retries it), so one session cannot block every other; several unreachable-API
         failures in a row stop the pass."""
+        self._beat()
         try:
             self.kube.delete(session_id, kinds)
         except KubeError as err:
@@ -93,6 +119,7 @@ class Reconciler:
                                                        limit=PAGE_SIZE)
             if not scanned:
                 return
+            self._beat()
             reaped = 0
             for session_id in expired:
                 if self._sweep(session_id, kinds, figures):
@@ -107,6 +134,7 @@ class Reconciler:
         for kind in kinds:
             for page in self.kube.list_pages(kind, bundle.label_selector(), metadata_only=True,
                                              page_size=PAGE_SIZE):
+                self._beat()
                 for obj in page:
                     self._note_live(obj, live, pause_kind=kind == PAUSE_KIND)
         return live
@@ -139,6 +167,7 @@ class Reconciler:
             for obj in page}
         cutoff = time.time() - self.settings.reconcile_grace_seconds
         for ids in self.store.iter_id_pages(batch=PAGE_SIZE):
+            self._beat()
             for session_id, record in self.store.get_sessions(ids).items():
                 # Not a bundle applied since the listing (a create, a restore) either.
                 applied = float(record.get("applied_at") or 0)
@@ -165,15 +194,15 @@ class Reconciler:
                     log.warning("could not sweep an archived session: %s", err.message,
                                 extra={"session_id": session_id})
         elif session_id not in deployments and record["status"] != "failed":
-            self.store.set_status(session_id, "failed", reason=BUNDLE_MISSING)
-            figures["records_failed"] += 1
+            _, written = self.store.set_status(session_id, "failed", actor=Actor.RECONCILER,
+                                               reason=BUNDLE_MISSING)
+            figures["records_failed"] += int(written)
         elif (paused := self._paused.get(session_id)) is not None \
                 and paused != (record.get("paused") == "1") \
                 and self._still_drifted(session_id, paused):
             log.info("pause flag drifted from the cluster; repaired",
                      extra={"session_id": session_id, "paused": paused})
-            self.store.set_paused(session_id, paused)
-            figures["pauses_repaired"] += 1
+            figures["pauses_repaired"] += int(self.store.repair_paused(session_id, paused))
 
     def _still_drifted(self, session_id: str, listed_paused: bool) -> bool:
         """The listing is from the start of the pass: a sleep or wake since then is not drift.

@@ -58,6 +58,10 @@ class ChunkRelay:
             log.warning("reply chunks not relayed (%s); the final reply will be",
                         err.message, extra={"session_id": self.session_id})
             taken = False
+        except Exception:
+            log.exception("reply chunks not relayed; the final reply will be",
+                          extra={"session_id": self.session_id})
+            taken = False
         if taken:
             self.relayed += 1
         else:

@@ -247,8 +247,8 @@ class ScalerServer:
         """Relay work notifications from Redis to the loop, resubscribing after errors."""
         while not self._stop.is_set():
             try:
-                for session_id in self.store.work_notifications(self._stop):
-                    self.heartbeats.beat("scaler-notify")
+                for session_id in self.store.work_notifications(
+                        self._stop, on_tick=lambda: self.heartbeats.beat("scaler-notify")):
                     self._notify(session_id)
             except SessionManagerError as err:
                 log.warning("work notifications interrupted: %s", err.message)

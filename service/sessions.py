@@ -16,6 +16,7 @@ from typing import Any
 from . import names
 from .chats import Chats
 from .config import Settings
+from .delivery import Deliveries
 from .errors import (
     ClusterNotReady,
     Conflict,
@@ -29,9 +30,10 @@ from .kube import Kube
 from .notices import Notices
 from .pods import PodClient
 from .results import Result
-from .store import ACTIVE_STATUSES, STATUSES, Store, hash_token, iso, utc_now
+from .store import ACTIVE_STATUSES, Store, hash_token, iso, utc_now
 from .templates import sweep_kinds
 from .tiers import REFRESHED_STATUSES, Tiers
+from .transitions import IN_CLUSTER, STATUSES, Actor
 from .waiting import ReplyWaiter
 
 __all__ = ["Result", "Sessions", "public_session"]
@@ -50,6 +52,7 @@ class Sessions(Chats):
         self.store = store
         self.kube = kube
         self.pods = pods or PodClient(settings, address_of=store.pod_address)
+        self.deliveries = Deliveries(settings, store, self.pods)
         self.tiers = Tiers(settings, store, kube)
         self.notices = Notices(store)  # held chats and event streams wake on its notices
         self.waiter = ReplyWaiter(store, self.notices, max_kept=settings.max_messages_kept)
@@ -129,7 +132,7 @@ class Sessions(Chats):
 
     def delete(self, session_id: str) -> Result:
         self.record(session_id)
-        self.store.set_status(session_id, "terminating")  # chats now get 409
+        self.store.set_status(session_id, "terminating", actor=Actor.DELETE)  # chats: 409
         self.kube.delete(session_id, sweep_kinds(self.settings, self.store))
         self.store.delete_session(session_id)
         log.info("session deleted", extra={"session_id": session_id})
@@ -139,46 +142,67 @@ class Sessions(Chats):
     # -- wake / sleep --------------------------------------------------------------------
 
     def wake(self, session_id: str) -> Result:
+        """Resume the session: 200 when its pod is up, else 202 with the status it has (the
+        watch moves it on as the pod starts; an archived one is being restored)."""
         record = self.record(session_id)
         if record["status"] == "terminating":
             raise Conflict("The session is being deleted")
-        if record["status"] == "archived":
-            # Asked first, durably: if this restore cannot run now, the worker's does.
-            self.store.ask_restore(session_id)
-            self.tiers.restore(session_id)
-            self.store.touch(session_id)
-            return Result(202, {"uuid": session_id, "action": "wake", "status": "waking"})
         if record["status"] in REFRESHED_STATUSES \
                 and record.get("bundle_version") != self.tiers.version():
             self.tiers.refresh(session_id)  # before the pod starts: it starts on the new one
-        # Always, whatever the flag says: the unpause is idempotent, and a flag that drifted
-        # from the annotation (a crash between the two writes) must not keep a session asleep.
-        self._resume(session_id)
-        self.store.touch(session_id)  # `active` in the work set: the scalers wake the pod
-        if record["status"] == "running" and int(record.get("ready_replicas") or 0) > 0:
+        status, ready = self._resume(session_id, touch=True, status=record["status"])
+        if status == "running" and ready > 0:
             return Result(200, {"uuid": session_id, "action": "wake", "status": "running"})
-        self.store.set_status(session_id, "waking")
-        return Result(202, {"uuid": session_id, "action": "wake", "status": "waking"})
+        return Result(202, {"uuid": session_id, "action": "wake", "status": status})
 
-    def _resume(self, session_id: str) -> None:
-        if self.kube.set_paused(session_id, False):
-            raise Unavailable("KEDA pause annotation could not be removed; retry")
-        self.store.set_paused(session_id, False)
+    def _resume(self, session_id: str, *, touch: bool,
+                status: str | None = None) -> tuple[str, int]:
+        """Lift KEDA's pause (always, whatever the flag says: the unpause is idempotent, and a
+        flag that drifted from the annotation must not keep a session asleep), then record
+        the wake in one step (`Store.resume`): never over what the watch saw meanwhile, and an
+        archived session — archived since it was read, too — gets its restore asked there and
+        is restored here. Returns (status, ready replicas) after it."""
+        record = self.store.get_session(session_id)
+        archived = record is not None and record["status"] == "archived"
+        if not archived:
+            try:
+                if self.kube.set_paused(session_id, False):
+                    raise Unavailable("KEDA pause annotation could not be removed; retry")
+            except KubeNotFound:
+                # Swept meanwhile (the archiver: the step below sees it), or lost: applied
+                # again, if it is not archived (a wake brings a session's objects back).
+                self.tiers.apply(session_id, statuses=IN_CLUSTER, wait_for_lock_seconds=2)
+        outcome, now, ready = self.store.resume(session_id, touch=touch)
+        if outcome == "gone":
+            raise SessionNotFound()
+        if outcome == "terminating":
+            raise Conflict("The session is being deleted")
+        if outcome == "restore":
+            self.tiers.restore(session_id)  # else the restore index keeps it for the worker
+            record = self.store.get_session(session_id) or {}
+            return record.get("status", "archived"), 0
+        return now or "waking", ready
 
     def sleep(self, session_id: str) -> Result:
         record = self.record(session_id)
         if record["status"] == "terminating":
             raise Conflict("The session is being deleted")
-        if record["status"] == "archived":
+        if record["status"] != "archived":
+            try:
+                if not self.kube.set_paused(session_id, True):
+                    raise Unavailable("KEDA pause annotation did not stick; retry")
+            except KubeNotFound:
+                pass  # no ScaledObject: archived meanwhile (below), or no objects, no pod
+        before = self.store.sleep(session_id)
+        if before is None:
+            raise SessionNotFound()
+        if before == "terminating":
+            raise Conflict("The session is being deleted")
+        if before == "archived":
             return Result(200, {
                 "uuid": session_id, "action": "sleep", "status": "archived",
                 "message": "Session is archived: it has no objects in the cluster; a chat or "
                            "a wake brings them back"})
-        if not self.kube.set_paused(session_id, True):
-            raise Unavailable("KEDA pause annotation did not stick; retry")
-        self.store.set_paused(session_id, True)
-        self.store.clear_activity(session_id)
-        self.store.set_status(session_id, "sleeping")
         pending = self.store.queue_length(session_id)
         return Result(200, {
             "uuid": session_id, "action": "sleep", "status": "sleeping",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,14 +56,27 @@ def parse(lines: Iterable[str]) -> Iterator[Frame]:
     # A frame without its closing blank line was cut: dropped, as EventSource drops it.
 
 
-def lines(body: Iterable[bytes]) -> Iterator[str]:
-    """Decoded lines (CRLF, LF or CR ends, which the format allows) as the bytes arrive."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+def lines(body: Iterable[bytes], on_invalid: Callable[[], None] | None = None) -> Iterator[str]:
+    """Decoded lines (CRLF, LF or CR ends, which the format allows) as the bytes arrive. Bytes
+    that are not UTF-8 become U+FFFD (`on_invalid` is told, once)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
     pending = ""
     for chunk in body:
-        pending += decoder.decode(chunk)
+        try:
+            pending += decoder.decode(chunk)
+        except UnicodeDecodeError:
+            if on_invalid is not None:
+                on_invalid()
+            on_invalid = None
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            pending += decoder.decode(chunk)
         *complete, pending = pending.replace("\r\n", "\n").replace("\r", "\n").split("\n")
         yield from complete
-    pending += decoder.decode(b"", final=True)
+    try:
+        pending += decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        if on_invalid is not None:
+            on_invalid()
+        pending += "\ufffd"
     if pending:
         yield pending

@@ -13,6 +13,7 @@ from typing import Any
 from . import names
 from .kube import DeploymentState, state_of_deployment
 from .store import Store
+from .transitions import Actor
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +148,11 @@ class StatusTracker:
             if deployment is None:
                 return  # a pod seen before its Deployment; the Deployment's event will publish
             status, reason = derive_status(deployment, failure, bool(ready) if pods else None)
-            previous = self.store.set_status(
-                session_id, status, reason=reason, from_cluster=True,
+            previous, written = self.store.set_status(
+                session_id, status, actor=Actor.WATCH, reason=reason,
                 replicas=deployment.replicas, ready_replicas=deployment.ready_replicas,
                 pod_ip=pod_ip)
-        if previous is not None and previous != status:
+        if written and previous != status:
             log.info("status %s -> %s", previous, status,
                      extra={"session_id": session_id, "reason": reason or None})
 

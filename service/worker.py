@@ -12,7 +12,6 @@ what has no record. Safe to run as several replicas:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -23,12 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import bundle as bundle_module
 from .config import Settings
+from .delivery import Claim, Deliveries
 from .errors import SessionManagerError
 from .health import HealthServer, Heartbeats
 from .kube import DEPLOYMENT_KIND, WATCH_READ_MARGIN_SECONDS, WATCHED_KINDS, Kube
-from .pods import PodClient, PodError
+from .pods import PodClient
 from .reconciler import Reconciler
-from .relay import ChunkRelay
 from .scaler import ScalerServer
 from .status import StatusTracker
 from .store import Store
@@ -37,8 +36,6 @@ from .tiers import Tiers
 log = logging.getLogger(__name__)
 
 LEADER_LEASE_SECONDS = 15
-MAX_BACKOFF_SECONDS = 60.0
-NOT_SENT_RETRY_SECONDS = 0.5  # a pod refusing connections right after it became Ready
 REPORT_INTERVAL_SECONDS = 5.0  # how often a worker tells /health it is alive
 WATCH_TIMEOUT_SECONDS = 2  # a watch request ends this often: how soon a term notices its end
 
@@ -52,6 +49,7 @@ class Worker:
         self.store = store
         self.kube = kube
         self.pods = pods or PodClient(settings, address_of=store.pod_address)
+        self.deliveries = Deliveries(settings, store, self.pods)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.watch_timeout_seconds = watch_timeout_seconds
         # One thread per session being drained (a delivery waits on its agent).
@@ -75,8 +73,10 @@ class Worker:
         self.heartbeats = Heartbeats({
             "delivery": 30.0,
             "watch:Deployment": watch_allowance, "watch:Pod": watch_allowance,
-            "reconciler": max(300.0, 4.0 * settings.reconcile_interval_seconds),
-            "archiver": 600.0,
+            # Both beat per page or sweep of a pass (a long pass is progress, not a stall),
+            # and wait up to their interval between passes.
+            "reconciler": max(180.0, 3.0 * settings.reconcile_interval_seconds),
+            "archiver": 180.0,
             "scaler": 30.0, "scaler-notify": 30.0,
         })
 
@@ -115,52 +115,17 @@ class Worker:
     def drain(self, session_id: str) -> int:
         """Deliver this session's messages in order until none is left or one fails."""
         delivered = 0
-        lease = self.settings.delivery_lease_seconds
         while True:
-            claim = self.store.claim_delivery(session_id, lease_seconds=lease)
-            if claim is None:
+            claimed = self.store.claim_delivery(
+                session_id, lease_seconds=self.settings.delivery_lease_seconds,
+                max_attempts=self.settings.delivery_max_attempts)
+            if claimed is None:
                 return delivered
-            if not self.deliver(session_id, claim):
+            # No touch needed: the message stays in the session's work set until it is
+            # settled, so no scaler takes the pod away under the delivery.
+            if not self.deliveries.attempt(Claim.of(session_id, claimed)).delivered:
                 return delivered
             delivered += 1
-
-    def deliver(self, session_id: str, claim: dict) -> bool:
-        message = claim["message"]
-        # No touch needed: the message stays in the session's work set until it is settled,
-        # so no scaler takes the pod away under the delivery.
-        relay = ChunkRelay(self.store, session_id, seq=int(message["seq"]),
-                           message_id=message["message_id"],
-                           attempt=int(message.get("attempts") or 1),
-                           lease_token=claim["lease_token"])
-        try:
-            reply = self.pods.chat(session_id, message["message"], message["message_id"],
-                                   on_chunk=relay)
-        except PodError as err:
-            attempts = int(message.get("attempts") or 1)
-            backoff = min(MAX_BACKOFF_SECONDS,
-                          self.settings.delivery_backoff_seconds * 2 ** (attempts - 1))
-            # Never reached the pod (refused right after a wake, say): again soon, uncounted.
-            # Cannot succeed (a reply past MAX_REPLY_BYTES): failed now.
-            stored = self.store.finish_delivery(
-                session_id, envelope=claim["envelope"], lease_token=claim["lease_token"],
-                delivered=False, reply_or_error=str(err),
-                max_attempts=0 if err.permanent else self.settings.delivery_max_attempts,
-                retry_in_seconds=NOT_SENT_RETRY_SECONDS if err.not_sent else backoff,
-                not_sent=err.not_sent, retry_for_seconds=self.settings.delivery_lease_seconds)
-            log.warning("delivery attempt %s failed (%s): %s", attempts, stored.get("state"),
-                        err, extra={"session_id": session_id,
-                                    "message_id": message["message_id"]})
-            return False
-        relay.flush()  # the log has the whole text in chunks before the reply
-        self.store.finish_delivery(
-            session_id, envelope=claim["envelope"], lease_token=claim["lease_token"],
-            delivered=True, reply_or_error=json.dumps(reply),
-            max_attempts=self.settings.delivery_max_attempts, retry_in_seconds=0,
-            budget_bytes=self.settings.max_session_bytes,
-            retry_for_seconds=self.settings.delivery_lease_seconds)
-        log.info("message delivered", extra={"session_id": session_id,
-                                             "message_id": message["message_id"]})
-        return True
 
     # -- archive and restore -------------------------------------------------------------
 
@@ -184,7 +149,8 @@ class Worker:
         interval = min(60.0, max(1.0, self.settings.archive_after_seconds / 10))
         while not term_over.is_set():
             self.heartbeats.beat("archiver")
-            figures = self.tiers.archive_idle(self.archive_pool)
+            figures = self.tiers.archive_idle(self.archive_pool,
+                                              beat=lambda: self.heartbeats.beat("archiver"))
             if any(figures.values()):
                 log.info("archive pass", extra={"figures": figures})
             self.heartbeats.beat("archiver")
@@ -288,7 +254,7 @@ class Worker:
     def reconcile_periodically(self, term_over: threading.Event) -> None:
         while not term_over.is_set():
             self.heartbeats.beat("reconciler")
-            self.reconciler.run_once()
+            self.reconciler.run_once(beat=lambda: self.heartbeats.beat("reconciler"))
             self.heartbeats.beat("reconciler")
             term_over.wait(self.settings.reconcile_interval_seconds)
         self.heartbeats.forget("reconciler")
@@ -296,14 +262,16 @@ class Worker:
     # -- main loop -----------------------------------------------------------------------
 
     def run(self, stop: threading.Event, *, health_port: int | None = None,
-            scaler: bool | None = None) -> None:
-        """Until `stop`. `health_port`: serve /healthz there; `scaler`: serve the push scaler
+            scaler: bool | None = None) -> int:
+        """Until `stop`; returns the exit code (2: this Redis database serves another
+        installation). `health_port`: serve /healthz there; `scaler`: serve the push scaler
         (default: when KEDA_SCALER=push and SCALER_TLS_DIR is set)."""
         log.info("worker started", extra={"worker_id": self.worker_id})
         health = push = None
         if health_port is not None:
             health = self.health = HealthServer(self.heartbeats, port=health_port)
             health.start()
+            log.info("health serving", extra={"port": health.port})
         if scaler is None:
             scaler = (self.settings.keda_scaler == "push"
                       and self.settings.scaler_tls_dir is not None)
@@ -325,9 +293,22 @@ class Worker:
         for thread in leaders:
             thread.start()
         reported_at = float("-inf")
+        exit_code = 0
+        installation_checked = False
         while not stop.is_set():
             self.heartbeats.beat("delivery")
             try:
+                if not installation_checked:
+                    # Before the first delivery, as every leader term does: a worker of
+                    # another installation must not deliver (and fail) this one's messages.
+                    # Checked here too because Redis may have been away at start.
+                    conflict = self.store.installation_conflict(self.settings.namespace)
+                    if conflict:
+                        log.error("stopping: %s", conflict)
+                        exit_code = 2
+                        stop.set()
+                        break
+                    installation_checked = True
                 self.deliver_due()
                 self.restore_due()
                 if time.monotonic() - reported_at >= REPORT_INTERVAL_SECONDS:
@@ -347,4 +328,5 @@ class Worker:
         if health is not None:
             health.stop()
         log.info("worker stopped", extra={"worker_id": self.worker_id})
+        return exit_code
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from devcluster import apiserver as local
 from devcluster import paths
@@ -181,6 +182,17 @@ def mark_deployment_ready(kube: Kube, session_id: str, ready: int = 1, replicas:
     )
 
 
+def kube_through(proxy, apiserver, namespace: str) -> Kube:
+    """A client whose kubeconfig names a TcpProxy in front of the API server (on 127.0.0.1
+    too, which the cert names): faults of the path to the real server."""
+    config = yaml.safe_load(Path(apiserver.kubeconfig).read_text())
+    for cluster in config["clusters"]:
+        cluster["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+    path = Path(apiserver.kubeconfig).with_name(f"kubeconfig-proxy-{proxy.port}")
+    path.write_text(yaml.safe_dump(config))
+    return Kube(load_api_client(str(path)), namespace, request_timeout_seconds=3)
+
+
 def wait_for(predicate, *, timeout: float = 10, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while True:
@@ -289,8 +301,8 @@ class ApiProcess:
             raise AssertionError("the API exited:\n" + self.log_file.read_text()[-3000:])
         try:
             return requests.get(f"{self.url}/livez", timeout=1).ok
-        except requests.ConnectionError:
-            return False
+        except (requests.ConnectionError, requests.Timeout):
+            return False  # not listening yet, or listening while its worker still boots
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -422,6 +434,7 @@ __all__ = [
     "DemoAgent",
     "SessionApi",
     "WorkerProcess",
+    "kube_through",
     "mark_deployment_ready",
     "running",
     "store_module",

@@ -13,6 +13,7 @@ from service import bundle, logs, names
 from service import store as store_module
 from service.api import create_app
 from service.status import StatusTracker
+from service.transitions import Actor
 from tests.conftest import API_KEY, mark_deployment_ready
 
 KEY = {"X-API-Key": API_KEY}
@@ -374,7 +375,7 @@ def test_several_api_keys_for_rotation(settings, store, kube):
 
 def test_chat_on_a_terminating_session_is_409(client, store):
     sid = create(client)["uuid"]
-    store.set_status(sid, "terminating")
+    store.set_status(sid, "terminating", actor=Actor.DELETE)
     assert_error(client.post(f"/session/{sid}/chat", json={"message": "x"}, headers=KEY), 409)
 
 

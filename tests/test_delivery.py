@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+from service.transitions import Actor
+
 from .conftest import (
     WORKER_LEASE_SECONDS,
     mark_deployment_ready,
@@ -188,10 +190,11 @@ def test_a_late_attempt_cannot_undo_a_newer_outcome(settings, store, make_api):
     api = make_api(settings)
     session_id = api.create()
     assert api.chat(session_id, "slow one", "m-1")[0] == 202
-    store.set_status(session_id, "running", from_cluster=True)  # what the watch writes
-    late = store.claim_delivery(session_id, lease_seconds=1)
-    current = wait_for(lambda: store.claim_delivery(session_id, lease_seconds=30), timeout=3,
-                       what="the lease to lapse")
+    store.set_status(session_id, "running", actor=Actor.WATCH)  # what the watch writes
+    late = store.claim_delivery(session_id, lease_seconds=1, max_attempts=5)
+    current = wait_for(
+        lambda: store.claim_delivery(session_id, lease_seconds=30, max_attempts=5),
+        timeout=3, what="the lease to lapse")
     assert current["message"]["attempts"] == 2
 
     def finish(claim: dict, delivered: bool, outcome: str) -> dict:
@@ -201,7 +204,7 @@ def test_a_late_attempt_cannot_undo_a_newer_outcome(settings, store, make_api):
 
     # The late attempt fails while the current one is still out: the current one decides.
     assert finish(late, False, "pod unreachable")["state"] == "delivering"
-    assert store.claim_delivery(session_id, lease_seconds=30) is None  # still held
+    assert store.claim_delivery(session_id, lease_seconds=30, max_attempts=5) is None  # still held
     assert finish(current, True, json.dumps({"reply": "done"}))["state"] == "delivered"
     # ...and a failure of it arriving after the delivery changes nothing either.
     assert finish(late, False, "pod unreachable")["state"] == "delivered"
@@ -211,4 +214,4 @@ def test_a_late_attempt_cannot_undo_a_newer_outcome(settings, store, make_api):
         "delivered", {"reply": "done"}, None)
     assert store.queue_length(session_id) == 0
     assert store.due_sessions() == []
-    assert store.claim_delivery(session_id, lease_seconds=30) is None
+    assert store.claim_delivery(session_id, lease_seconds=30, max_attempts=5) is None

@@ -14,6 +14,10 @@ import pytest
 import requests
 
 from service import sse
+from service import store as store_module
+from service.events import EventStreams
+from service.notices import Notices
+from service.transitions import Actor
 
 from .conftest import API_KEY, mark_deployment_ready, wait_for
 
@@ -327,7 +331,11 @@ def test_events_follow_the_session_routes_auth_and_bad_ids_are_400(stack):
                        stream=True, timeout=5)
     assert own.status_code == 200
     own.close()
-    for bad in ("abc", "1-2-3", "-1", "1" * 30):
+    # Out of Redis' range (each part of a stream id is 64 bits): refused before the stream
+    # starts, not a stream dying with a Redis error on every retry.
+    for bad in ("abc", "1-2-3", "-1", "1" * 30, "99999999999999999999-0",
+                "18446744073709551616-0", "0-18446744073709551616",
+                "18446744073709551615-18446744073709551615"):
         response = requests.get(url, headers={**KEY, "Last-Event-ID": bad}, timeout=5)
         assert response.status_code == 400 and response.json()["code"] == "invalid_field", bad
         assert requests.get(f"{url}?after={bad}", headers=KEY, timeout=5).status_code == 400
@@ -363,3 +371,35 @@ def test_a_stopping_api_process_ends_its_streams_at_once(stack):
     assert stack.api.process.wait(20) == 0
     assert reader.ended.wait(5)
     assert time.monotonic() - started < 10  # not held to the graceful timeout
+
+
+def test_a_live_stream_that_falls_behind_the_trim_says_gap_and_goes_on(settings, store):
+    """A stream whose client stopped reading while the session wrote more than the log keeps:
+    a `gap` (re-read /messages), then the events the log still has — not a silent skip."""
+    short_log = store_module.Store.from_url(
+        settings.redis_url, socket_timeout_seconds=2,
+        session_ttl_seconds=settings.session_ttl_seconds,
+        activity_ttl_seconds=settings.activity_ttl_seconds, events_kept=10)
+    session_id = "s" + "b" * 16
+    short_log.create_session(session_id, user_id="u", token_hash="x",
+                             now=store_module.utc_now())
+    notices = Notices(short_log)
+    streams = EventStreams(settings, short_log, notices)
+    stream = streams.open(session_id, None)
+    frames = iter(stream)
+    try:
+        assert next(frames).startswith(b"retry:")
+        assert b"event: status" in next(frames)  # the snapshot; the client then lags
+        for n in range(15):  # 15 status events; the log keeps about 10
+            short_log.set_status(session_id, "running" if n % 2 else "sleeping",
+                                 actor=Actor.WATCH, replicas=n % 2, ready_replicas=n % 2)
+        gap = next(frames)
+        assert b"event: gap" in gap, gap
+        after_gap = [next(frames) for _ in range(3)]
+        assert all(b"event: status" in frame for frame in after_gap), after_gap
+        kept = short_log.redis.xrange(f"sm:e:{session_id}")
+        assert after_gap[0].startswith(f"id: {kept[0][0]}".encode())  # the oldest kept on
+    finally:
+        stream.close()
+        notices.release()
+        short_log.redis.close()

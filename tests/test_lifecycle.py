@@ -142,7 +142,7 @@ def test_reconciler_sweeps_orphan_bundles_and_expired_sessions(
 
     assert figures == {"expired_swept": 1, "orphans_swept": 1, "records_failed": 0,
                        "deletes_finished": 0, "pauses_repaired": 0, "archives_swept": 0,
-                       "errors": 0}
+                       "messages_failed": 0, "errors": 0}
     assert store.expired_page(now=time.time(), offset=0, limit=100) == ([], 0)
     assert store.counts()["total"] == 1  # the expired one is gone from the indexes too
     # The orphan's ScaledObject waits for KEDA to drop its finalizer: being deleted already,

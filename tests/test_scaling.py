@@ -16,7 +16,6 @@ import grpc
 import pytest
 import requests
 import yaml
-from kubernetes import client as k8s
 
 from service import kube as kube_module
 from service import names
@@ -25,9 +24,13 @@ from service.kube import Kube
 from service.pods import PodClient, PodError
 from service.reconciler import Reconciler
 from service.scaler import ScalerServer, protos, services
+from service.transitions import Actor
 from service.worker import Worker
+from tests.tcpproxy import TcpProxy
 
 from .conftest import (
+    SessionApi,
+    kube_through,
     mark_deployment_ready,
     running,
     store_module,
@@ -150,25 +153,32 @@ def test_a_pause_flag_that_drifted_from_the_cluster_neither_blocks_a_wake_nor_la
     assert reconciler.run_once()["pauses_repaired"] == 0
 
 
+@pytest.mark.filterwarnings("ignore::ResourceWarning",
+                            "ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_chat_whose_resume_fails_is_still_accepted_and_its_retry_resumes(
-        settings, store, kube, make_api):
-    api = make_api(settings)
-    session_id = api.create()
-    assert api.client.post(f"/session/{session_id}/sleep", headers=api.headers).status_code == 200
-    # The ScaledObject cannot be unpaused (here: it is gone; in life: a 5xx, a timeout).
-    k8s.CustomObjectsApi(kube.api_client).delete_namespaced_custom_object(
-        "keda.sh", "v1alpha1", kube.namespace, "scaledobjects", names.object_name(session_id))
-    code, body = api.chat(session_id, "kept anyway", "m-1")
-    assert (code, body["status"]) == (202, "queued")  # accepted: never a 503 after admission
-    assert store.queue_length(session_id) == 1
-    assert store.get_session(session_id)["paused"] == "1"  # not resumed...
-    kube.apply(api.app.extensions["session_manager"]["sessions"].tiers.render(session_id))
-    kube.set_paused(session_id, True)
-    code, body = api.chat(session_id, "kept anyway", "m-1")  # ...until the retry
-    assert (code, body["status"]) == (202, "queued")
-    assert not kube.is_paused(session_id)
-    assert store.get_session(session_id)["paused"] == "0"
-    assert store.queue_length(session_id) == 1  # the retry was not a second message
+        settings, store, kube, apiserver):
+    proxy = TcpProxy(apiserver.port)
+    through = kube_through(proxy, apiserver, settings.namespace)
+    api = SessionApi(settings, through)
+    try:
+        session_id = api.create()
+        assert api.client.post(f"/session/{session_id}/sleep",
+                               headers=api.headers).status_code == 200
+        proxy.refuse()  # the ScaledObject cannot be unpaused: the API server is away
+        code, body = api.chat(session_id, "kept anyway", "m-1")
+        assert (code, body["status"]) == (202, "queued")  # accepted: never a 503 after it
+        assert store.queue_length(session_id) == 1
+        assert store.get_session(session_id)["paused"] == "1"  # not resumed...
+        assert kube.is_paused(session_id)
+        proxy.forward()
+        code, body = api.chat(session_id, "kept anyway", "m-1")  # ...until the retry
+        assert (code, body["status"]) == (202, "queued")
+        assert not kube.is_paused(session_id)
+        assert store.get_session(session_id)["paused"] == "0"
+        assert store.queue_length(session_id) == 1  # the retry was not a second message
+    finally:
+        api.close()
+        proxy.close()
 
 
 # -- the push scaler -------------------------------------------------------------------------
@@ -237,10 +247,10 @@ def test_a_chat_is_pushed_at_once_to_a_stream_on_any_replica(
             stream.cancel()
             reader.join(5)
         # Settle the message so the next replica starts from an idle session again.
-        claim = store.claim_delivery(session_id, lease_seconds=5)
+        claim = store.claim_delivery(session_id, lease_seconds=5, max_attempts=5)
         if claim is None:
-            store.set_status(session_id, "running")
-            claim = store.claim_delivery(session_id, lease_seconds=5)
+            store.set_status(session_id, "running", actor=Actor.WATCH)
+            claim = store.claim_delivery(session_id, lease_seconds=5, max_attempts=5)
         store.finish_delivery(session_id, envelope=claim["envelope"],
                               lease_token=claim["lease_token"], delivered=True,
                               reply_or_error="{}", max_attempts=5, retry_in_seconds=0)

@@ -21,6 +21,7 @@ from service.config import REPO_ROOT
 from service.reconciler import Reconciler
 from service.templates import template_kinds
 from service.tiers import Tiers
+from service.transitions import Actor
 
 from .conftest import API_KEY, mark_deployment_ready, running, wait_for, watching_status
 
@@ -216,9 +217,9 @@ def test_a_template_change_reaches_a_sleeping_session_on_its_next_wake(
     sleeper, chatter, awake = api.create(), api.create(), api.create()
     for session_id in (sleeper, chatter):
         mark_deployment_ready(kube, session_id, ready=0, replicas=0)
-        store.set_status(session_id, "sleeping", from_cluster=True, replicas=0)
+        store.set_status(session_id, "sleeping", actor=Actor.WATCH, replicas=0)
     mark_deployment_ready(kube, awake)
-    store.set_status(awake, "running", from_cluster=True, replicas=1, ready_replicas=1)
+    store.set_status(awake, "running", actor=Actor.WATCH, replicas=1, ready_replicas=1)
 
     # The control plane now runs with the new image.
     api = make_api(new)
@@ -229,9 +230,22 @@ def test_a_template_change_reaches_a_sleeping_session_on_its_next_wake(
     assert deployment(kube, sleeper)["spec"]["replicas"] == 0
     version = Tiers(new, store, kube).version()
     assert store.get_session(sleeper)["bundle_version"] == version
-    # A chat to a sleeping session on the old bundle brings it up to date the same way.
+    # A chat to a sleeping session on the old bundle brings it up to date the same way. The
+    # message is in the session's work set from its admission on, but until the re-apply is
+    # done the push scaler answers KEDA's polls "inactive": KEDA cannot start the old pod.
+    sessions = api.app.extensions["session_manager"]["sessions"]
+    real_apply = sessions.tiers.apply
+    seen_during_the_apply: list[int] = []
+
+    def apply_while_polled(session_id, **kwargs):
+        seen_during_the_apply.append(store.work([session_id])[session_id])
+        return real_apply(session_id, **kwargs)
+
+    sessions.tiers.apply = apply_while_polled
     code, _ = api.chat(chatter, "hello", "m-1")
     assert code == 202
+    assert seen_during_the_apply == [-1]  # held
+    assert store.work([chatter]) == {chatter: 2}  # the message and the activity, told now
     assert image_of(kube, chatter) == "registry.example/agent:2.0"
     assert deployment(kube, chatter)["spec"]["replicas"] == 0
     # An awake session is left as it is until `reapply` (its pod would be replaced mid-chat).
@@ -258,7 +272,7 @@ def test_reapply_updates_awake_sessions_bounded_and_idempotent(
     awake = [api.create() for _ in range(6)]
     sleeper = api.create()
     mark_deployment_ready(kube, sleeper, ready=0, replicas=0)
-    store.set_status(sleeper, "sleeping", from_cluster=True, replicas=0)
+    store.set_status(sleeper, "sleeping", actor=Actor.WATCH, replicas=0)
 
     in_flight, peak, lock = 0, 0, threading.Lock()
     real_apply = kube.apply
@@ -315,7 +329,7 @@ def test_a_worker_of_another_installation_archives_nothing_and_refuses_to_start(
     settings = settings.replace(**ARCHIVING)
     api = make_api(settings)
     session_id = api.create()
-    store.set_status(session_id, "sleeping", from_cluster=True)
+    store.set_status(session_id, "sleeping", actor=Actor.WATCH)
     store.redis.zadd("sm:bundled", {session_id: time.time() - 3600})  # idle for an hour
     assert store.claim_installation("another-installation") == "another-installation"
 
@@ -342,3 +356,47 @@ def test_a_worker_of_another_installation_archives_nothing_and_refuses_to_start(
                  what="the session archived by a worker of this installation")
     assert bundle_objects(kube, settings, session_id) == []
     assert store.claim_installation("another-installation") == settings.namespace
+
+
+def test_a_worker_that_met_no_redis_at_start_checks_the_installation_before_it_delivers(
+        settings, store, kube, make_api, worker_process, redis_server):
+    """Redis was away when the worker of another installation started (so the start-up check
+    could not run): once Redis is back it must neither claim nor fail this installation's
+    messages, and it stops (exit 2) naming both namespaces."""
+    api = make_api(settings)
+    session_id = api.create()
+    assert api.chat(session_id, "not yours", "m-1")[0] == 202
+    store.set_status(session_id, "running", actor=Actor.WATCH, replicas=1, ready_replicas=1)
+    assert store.claim_installation(settings.namespace) == settings.namespace
+    store.redis.zrem("sm:pending", session_id)  # not due for this installation's own worker
+    redis_server.stop()
+    try:
+        worker = worker_process(settings.replace(namespace="another-installation"), "other")
+        time.sleep(2)  # it is up, retrying Redis
+        assert worker.process.poll() is None
+    finally:
+        redis_server.start()
+    store.redis.zadd("sm:pending", {session_id: 0})  # due now
+    assert worker.process.wait(30) == 2
+    log = worker.log_file.read_text()
+    assert f"'{settings.namespace}'" in log and "NAMESPACE='another-installation'" in log
+    [message] = api.messages(session_id)
+    assert (message["state"], message["attempts"]) == ("queued", 0)  # never claimed
+    assert not message.get("error")  # nor tried
+
+
+def test_reapply_runs_the_checks_every_worker_runs(settings, store, apiserver, tmp_path):
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "NAMESPACE": settings.namespace,
+           "KUBECONFIG": str(apiserver.kubeconfig), "LOG_LEVEL": "WARNING"}
+    store.claim_installation("another-installation")
+    result = subprocess.run([sys.executable, "-m", "service", "reapply"], cwd=REPO_ROOT,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "'another-installation'" in result.stderr, result.stderr
+    store.redis.delete("sm:installation")
+    # Templates whose KEDA trigger does not match KEDA_SCALER: refused before any apply.
+    result = subprocess.run([sys.executable, "-m", "service", "reapply"], cwd=REPO_ROOT,
+                            env={**env, "KEDA_SCALER": "redis",
+                                 "TEMPLATES_DIR": str(REPO_ROOT / "templates")},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "configuration error" in result.stderr, result.stderr
+    assert not store.redis.exists("sm:installation")  # it stopped before touching anything

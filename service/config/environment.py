@@ -121,6 +121,8 @@ def read_settings(env: Mapping[str, str]) -> dict[str, object]:
         delivery_concurrency=read.number(
             "DELIVERY_CONCURRENCY", defaults.delivery_concurrency, maximum=1024
         ),
+        failed_session_grace_seconds=read.number(
+            "FAILED_SESSION_GRACE_SECONDS", defaults.failed_session_grace_seconds, minimum=1),
         reconcile_interval_seconds=read.number(
             "RECONCILE_INTERVAL_SECONDS", defaults.reconcile_interval_seconds
         ),

@@ -93,6 +93,10 @@ class Settings:
     delivery_backoff_seconds: float = 1.0
     delivery_lease_seconds: int = 60
     delivery_concurrency: int = 32  # sessions one worker delivers to at once
+    # A session unhealthy this long (failed: CrashLoopBackOff, ImagePullBackOff...; or waking
+    # between two crashes) has its queued messages failed with the reason, so they neither
+    # wait forever nor keep the crashing pod up (KEDA then scales it to 0).
+    failed_session_grace_seconds: int = 300
     reconcile_interval_seconds: int = 30
     reconcile_grace_seconds: int = 300
     # Idle this long, a session is archived: its bundle is swept from the cluster, its record

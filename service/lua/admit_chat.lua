@@ -5,14 +5,17 @@
 -- stays there until the message is settled, so the pod is never scaled away under it), the
 -- record's TTLs are refreshed, and the push scaler is told at once (PUBLISH).
 -- KEYS: record, queue, inflight, messages, message_ids, pending_index, lease, stats,
---       expiry_index, work, events, bundled_index, restore_index
+--       expiry_index, work, events, bundled_index, restore_index, refresh_hold
 -- ARGV: id, message_id, message_json, now_ms, max_queued, max_kept, lease_token, lease_ms,
 --       allow_forward, now_iso, ttl_seconds, expires_at, work_channel, budget_bytes,
---       bundle_version (the templates' now)
+--       bundle_version (the templates' now), hold_ms
 -- The bundle comes first for a session that is not running: an archived one has none (a
 -- restore is asked, in the restore index, durably), a sleeping or failed one may run an
 -- older version of the templates ('refresh'). Either way the scalers are not told here:
--- the caller tells them once the bundle is applied, so no pod starts from the old one.
+-- the caller tells them once the bundle is applied, so no pod starts from the old one. For
+-- 'refresh' the session is also held (refresh_hold, for hold_ms at most: a caller that dies
+-- cannot hold it longer): the push scaler answers KEDA's polls "inactive" until the re-apply
+-- is done, though the message is in the work set.
 -- The conversation also keeps within budget_bytes (0: no budget): the oldest settled
 -- messages make room; when only unsettled ones are left, the chat is refused ('budget').
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -90,6 +93,7 @@ if status == 'archived' then
 elseif (status == 'sleeping' or status == 'failed')
     and redis.call('HGET', KEYS[1], 'bundle_version') ~= ARGV[15] then
   needs = 'refresh'
+  redis.call('SET', KEYS[14], '1', 'PX', ARGV[16])
 else
   redis.call('PUBLISH', ARGV[13], ARGV[1])
 end

@@ -15,7 +15,8 @@
 --       now_iso, now_ms, max_attempts, retry_at_ms, ttl_seconds, expires_at,
 --       activity_ttl_seconds, extra_counter ('' or a stats field to count a delivery under),
 --       budget_bytes (0: none), not_sent ('1': the request never reached the pod),
---       settled_channel (told '<id>:<seq>' once the message is delivered or failed)
+--       settled_channel (told '<id>:<seq>' once the message is delivered or failed),
+--       warning ('' or what was wrong with the reply and was mended, kept with the message)
 local seq = cjson.decode(ARGV[2])['seq']
 local stored = redis.call('HGET', KEYS[4], seq)
 local retry_at = tonumber(ARGV[7])
@@ -29,6 +30,7 @@ if stored then
       message['state'] = 'delivered'
       message['delivered_at'] = ARGV[6]
       message['error'] = nil
+      if ARGV[17] ~= '' then message['warning'] = ARGV[17] end
       redis.call('HSET', KEYS[4], seq .. ':reply', ARGV[5])
       redis.call('HINCRBY', KEYS[7], 'delivered', 1)
       redis.call('HSET', KEYS[4], seq, cjson.encode(message))

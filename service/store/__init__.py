@@ -20,6 +20,7 @@ import redis
 
 from .. import names
 from ..errors import RedisUnavailable
+from ..transitions import STATUSES, Actor, lua_table
 from .coordination import Coordination
 from .events import DEFAULT_EVENTS_KEPT, EventLog
 from .failures import UNAVAILABLE, unavailable
@@ -31,6 +32,7 @@ from .keys import (
     CREATED_SEQ,
     EVENTS_CHANNEL,
     EXPIRY_INDEX,
+    FAILING_INDEX,
     LISTED_FIELDS,
     PENDING_INDEX,
     RESTORE_INDEX,
@@ -48,6 +50,7 @@ from .keys import (
     events_key,
     queue_key,
     record_key,
+    refresh_hold_key,
     work_key,
 )
 from .keys import (
@@ -58,8 +61,6 @@ from .keys import (
 )
 from .tiers import BundleTiers
 
-# archived: idle past ARCHIVE_AFTER_SECONDS, its bundle swept; record and conversation kept.
-STATUSES = ("created", "waking", "running", "sleeping", "archived", "failed", "terminating")
 ACTIVE_STATUSES = ("created", "waking", "running")
 DEFAULT_MAX_CONNECTIONS = 100  # per process (REDIS_MAX_CONNECTIONS)
 SETTLE_RETRY_SECONDS = 0.5  # how often an outcome is offered again while Redis is away
@@ -88,7 +89,7 @@ class Store(EventLog, BundleTiers, Coordination):
         # Each script is sent with the shared functions of lua/lib/ in front of it, and the
         # constants they read.
         library = (f"local EVENTS_KEPT, EVENTS_CHANNEL = {int(events_kept)}, "
-                   f"'{EVENTS_CHANNEL}'\n")
+                   f"'{EVENTS_CHANNEL}'\nlocal TRANSITIONS = {lua_table()}\n")
         library += "".join(path.read_text() + "\n"
                            for path in sorted((_LUA / "lib").glob("*.lua")))
         self._scripts = {
@@ -192,38 +193,84 @@ class Store(EventLog, BundleTiers, Coordination):
         """The ready pod's IP, as the status watch last saw it."""
         return self._call(self.redis.hget, record_key(session_id), "pod_ip") or None
 
-    def set_status(self, session_id: str, status: str, *, reason: str = "",
-                   from_cluster: bool = False, **fields: Any) -> str | None:
-        """Returns the previous status, or None when the record is gone. A terminating session
-        stays terminating; with from_cluster, a paused session stays sleeping."""
+    def set_status(self, session_id: str, status: str, *, actor: Actor, reason: str = "",
+                   **fields: Any) -> tuple[str | None, bool]:
+        """(the status before or None when the record is gone, whether `status` was written):
+        written only when `actor` may make that move from the status the record has now
+        (`transitions`); with the watch as actor, a paused session stays sleeping."""
         assert status in STATUSES, status
         extra = [item for key, value in fields.items() for item in (key, str(value))]
-        old = self._run("set_status",
-                        [record_key(session_id), STATUS_INDEX_PREFIX, PENDING_INDEX,
-                         queue_key(session_id), _inflight_key(session_id),
-                         events_key(session_id)],
-                        [session_id, status, reason, _now_ms(), "1" if from_cluster else "0",
-                         *extra])
-        return old or None
+        result = self._run("set_status",
+                           [record_key(session_id), STATUS_INDEX_PREFIX, PENDING_INDEX,
+                            queue_key(session_id), _inflight_key(session_id),
+                            events_key(session_id), FAILING_INDEX],
+                           [session_id, status, reason, _now_ms(), actor.value, *extra])
+        if not isinstance(result, list):  # no record (or a pipeline's, answered later)
+            return None, False
+        return result[0], bool(int(result[1]))
 
     def touch(self, session_id: str) -> bool:
         """Mark activity: refresh TTLs and `active` in the work set (and tell the scaler)."""
-        now = utc_now()
         return bool(self._run(
             "touch",
             [record_key(session_id), EXPIRY_INDEX, work_key(session_id), BUNDLED_INDEX,
              *_data_keys(session_id)],
-            [session_id, iso(now), self.session_ttl, int(now.timestamp()) + self.session_ttl,
-             self.activity_ttl, WORK_CHANNEL],
+            [session_id, *self._activity_args()],
         ))
 
+    def _activity_args(self) -> list[Any]:
+        """now_iso, ttl, expires_at, activity_ttl, work_channel: what lib/activity.lua needs."""
+        now = utc_now()
+        return [iso(now), self.session_ttl, int(now.timestamp()) + self.session_ttl,
+                self.activity_ttl, WORK_CHANNEL]
+
     def clear_activity(self, session_id: str) -> None:
-        """Forget recent activity (an explicit sleep); pending messages stay work."""
+        """Forget recent activity (the session is idle from now); pending messages stay work."""
         self._call(self.redis.srem, work_key(session_id), ACTIVE_MEMBER)
+
+    def sleep(self, session_id: str) -> str | None:
+        """An explicit sleep once KEDA's pause annotation is set: paused, `sleeping`, recent
+        activity dropped (pending messages stay work), unless the session is archived or
+        terminating. Returns the status before (None: no record)."""
+        return self._run("sleep_session",
+                         [record_key(session_id), STATUS_INDEX_PREFIX, events_key(session_id),
+                          work_key(session_id), FAILING_INDEX],
+                         [session_id, _now_ms()]) or None
+
+    def resume(self, session_id: str, *, touch: bool) -> tuple[str, str | None, int]:
+        """A wake once KEDA's pause annotation is gone: (outcome, status, ready replicas).
+        outcome: 'resumed' (not paused; `waking` if it slept, or what the watch saw while the
+        sleep masked it), 'restore' (archived: a restore is asked), 'gone' or 'terminating'.
+        With touch, it also counts as activity."""
+        result = self._run(
+            "resume_session",
+            [record_key(session_id), STATUS_INDEX_PREFIX, events_key(session_id),
+             FAILING_INDEX, RESTORE_INDEX, EXPIRY_INDEX, work_key(session_id), BUNDLED_INDEX,
+             PENDING_INDEX, queue_key(session_id), _inflight_key(session_id),
+             *_data_keys(session_id)],
+            [session_id, _now_ms(), "1" if touch else "0", *self._activity_args()])
+        if result[0] != "resumed":
+            return result[0], None, 0
+        return "resumed", result[1], int(result[2] or 0)
+
+    def repair_paused(self, session_id: str, paused: bool) -> bool:
+        """Set the paused flag back to what KEDA's annotation says (the reconciler)."""
+        return bool(self._run("repair_paused",
+                              [record_key(session_id), STATUS_INDEX_PREFIX,
+                               events_key(session_id), FAILING_INDEX],
+                              [session_id, _now_ms(), "1" if paused else "0"]))
+
+    def release_refresh_hold(self, session_id: str) -> None:
+        """A chat's re-apply is done (or failed): the scalers may act on the work now."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(refresh_hold_key(session_id))
+        pipe.publish(WORK_CHANNEL, session_id)
+        self._call(pipe.execute)
 
     def work(self, session_ids: list[str]) -> dict[str, int]:
         """Per session: the size of its work set (0: nothing to do), or -1 when it must not
-        run — paused (slept), terminating, or gone. What the push scaler answers KEDA."""
+        run — paused (slept), held while a chat re-applies its bundle, terminating, or gone.
+        What the push scaler answers KEDA."""
         if not session_ids:
             return {}
         try:
@@ -231,27 +278,44 @@ class Store(EventLog, BundleTiers, Coordination):
             for session_id in session_ids:
                 pipe.scard(work_key(session_id))
                 pipe.hmget(record_key(session_id), ("status", "paused"))
+                pipe.exists(refresh_hold_key(session_id))
             found = pipe.execute()
         except UNAVAILABLE as err:
             raise unavailable(err) from err
         work = {}
         for index, session_id in enumerate(session_ids):
-            size, (status, paused) = found[2 * index], found[2 * index + 1]
-            held = status is None or status == "terminating" or paused == "1"
+            size, (status, paused), hold = found[3 * index:3 * index + 3]
+            held = status is None or status == "terminating" or paused == "1" or hold
             work[session_id] = -1 if held else int(size)
         return work
-
-    def set_paused(self, session_id: str, paused: bool) -> None:
-        self._run("set_paused", [record_key(session_id)], ["1" if paused else "0"])
 
     def delete_session(self, session_id: str) -> bool:
         return bool(self._run(
             "delete_session",
             [record_key(session_id), ALL_INDEX, EXPIRY_INDEX, PENDING_INDEX,
-             STATUS_INDEX_PREFIX, BUNDLED_INDEX, RESTORE_INDEX, SWEEPING_INDEX,
-             work_key(session_id), _delivery_lease(session_id), *_data_keys(session_id)],
+             STATUS_INDEX_PREFIX, BUNDLED_INDEX, RESTORE_INDEX, SWEEPING_INDEX, FAILING_INDEX,
+             work_key(session_id), _delivery_lease(session_id),
+             refresh_hold_key(session_id), *_data_keys(session_id)],
             [session_id, *STATUSES],
         ))
+
+    # -- failed sessions -----------------------------------------------------------------
+
+    def failing_since(self, *, before_ms: int, offset: int = 0, limit: int) -> list[str]:
+        """Sessions unhealthy (failed, or between two crashes) since before `before_ms`."""
+        return self._call(self.redis.zrangebyscore, FAILING_INDEX, "-inf", before_ms,
+                          start=offset, num=limit)
+
+    def fail_pending(self, session_id: str, *, before_ms: int, grace_seconds: int) -> int:
+        """Fail the pending messages of a session unhealthy since before `before_ms` (see
+        fail_pending.lua); returns how many were failed."""
+        return int(self._run(
+            "fail_pending",
+            [record_key(session_id), queue_key(session_id), _inflight_key(session_id),
+             _messages_key(session_id), PENDING_INDEX, _delivery_lease(session_id),
+             work_key(session_id), events_key(session_id), STATS, FAILING_INDEX],
+            [session_id, before_ms, iso(utc_now()), self.activity_ttl, SETTLED_CHANNEL,
+             grace_seconds]))
 
     def list_sessions(self, *, status: str | None, limit: int,
                       cursor: int | None) -> tuple[list[tuple[str, dict[str, str]]], int | None]:
@@ -357,7 +421,7 @@ class Store(EventLog, BundleTiers, Coordination):
     def admit_chat(self, session_id: str, *, message_id: str, message: dict,
                    max_queued: int, max_kept: int, allow_forward: bool,
                    lease_seconds: int, budget_bytes: int = 0,
-                   bundle_version: str = "") -> tuple[str, dict]:
+                   bundle_version: str = "", hold_seconds: float = 30) -> tuple[str, dict]:
         """Returns (mode, info): mode is forward|queued|duplicate|backlog|budget|gone|
         terminating. A queued message's info["needs"] is "restore" (archived: asked in the
         restore index), "refresh" (asleep on a bundle other than `bundle_version`) or "";
@@ -370,11 +434,12 @@ class Store(EventLog, BundleTiers, Coordination):
             [record_key(session_id), queue_key(session_id), _inflight_key(session_id),
              _messages_key(session_id), _message_ids_key(session_id), PENDING_INDEX,
              _delivery_lease(session_id), STATS, EXPIRY_INDEX, work_key(session_id),
-             events_key(session_id), BUNDLED_INDEX, RESTORE_INDEX],
+             events_key(session_id), BUNDLED_INDEX, RESTORE_INDEX,
+             refresh_hold_key(session_id)],
             [session_id, message_id, json.dumps(message), int(now.timestamp() * 1000),
              max_queued, max_kept, token, lease_seconds * 1000, "1" if allow_forward else "0",
              iso(now), self.session_ttl, int(now.timestamp()) + self.session_ttl,
-             WORK_CHANNEL, budget_bytes, bundle_version],
+             WORK_CHANNEL, budget_bytes, bundle_version, int(hold_seconds * 1000)],
         )
         mode = result[0]
         if mode in ("forward", "queued"):
@@ -391,14 +456,18 @@ class Store(EventLog, BundleTiers, Coordination):
             return mode, {"kept_bytes": int(result[1])}
         return mode, {}
 
-    def claim_delivery(self, session_id: str, *, lease_seconds: int) -> dict | None:
+    def claim_delivery(self, session_id: str, *, lease_seconds: int,
+                       max_attempts: int) -> dict | None:
+        """The next message to deliver under the session's lease, or None. A message that
+        had `max_attempts` claims and no outcome is failed on the way."""
         token = secrets.token_hex(8)
         result = self._run(
             "claim_delivery",
             [record_key(session_id), queue_key(session_id), _inflight_key(session_id),
              _messages_key(session_id), PENDING_INDEX, _delivery_lease(session_id),
-             work_key(session_id), events_key(session_id)],
-            [session_id, token, lease_seconds * 1000, _now_ms(), self.activity_ttl],
+             work_key(session_id), events_key(session_id), STATS],
+            [session_id, token, lease_seconds * 1000, _now_ms(), self.activity_ttl,
+             max_attempts, iso(utc_now()), SETTLED_CHANNEL],
         )
         if result[0] != "claimed":
             return None
@@ -408,7 +477,7 @@ class Store(EventLog, BundleTiers, Coordination):
                         delivered: bool, reply_or_error: str, max_attempts: int,
                         retry_in_seconds: float, forwarded: bool = False,
                         budget_bytes: int = 0, not_sent: bool = False,
-                        retry_for_seconds: float = 0) -> dict:
+                        retry_for_seconds: float = 0, warning: str = "") -> dict:
         """Settle or reschedule an attempt; a delivery also counts as activity (and, when
         `forwarded`, as a chat answered directly by the pod). With retry_for_seconds, an
         outcome already had is not given up to a Redis outage that short: until it is
@@ -419,7 +488,7 @@ class Store(EventLog, BundleTiers, Coordination):
             try:
                 return self._finish_delivery(
                     session_id, envelope, lease_token, delivered, reply_or_error,
-                    max_attempts, retry_in_seconds, forwarded, budget_bytes, not_sent)
+                    max_attempts, retry_in_seconds, forwarded, budget_bytes, not_sent, warning)
             except RedisUnavailable:
                 if time.monotonic() + SETTLE_RETRY_SECONDS > deadline:
                     raise
@@ -428,7 +497,7 @@ class Store(EventLog, BundleTiers, Coordination):
     def _finish_delivery(self, session_id: str, envelope: str, lease_token: str,
                          delivered: bool, reply_or_error: str, max_attempts: int,
                          retry_in_seconds: float, forwarded: bool, budget_bytes: int,
-                         not_sent: bool) -> dict:
+                         not_sent: bool, warning: str) -> dict:
         moment = utc_now()
         now = int(moment.timestamp() * 1000)
         stored = self._run(
@@ -442,7 +511,7 @@ class Store(EventLog, BundleTiers, Coordination):
              now + int(retry_in_seconds * 1000), self.session_ttl,
              int(moment.timestamp()) + self.session_ttl, self.activity_ttl,
              "forwarded" if forwarded else "", budget_bytes, "1" if not_sent else "0",
-             SETTLED_CHANNEL],
+             SETTLED_CHANNEL, warning],
         )
         return json.loads(stored) if stored else {}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .failures import UNAVAILABLE, unavailable
@@ -42,25 +42,28 @@ class Coordination:
             self._call(self.redis.hdel, WORKER_REPORTS, *gone)
         return {worker: report for worker, report in reports.items() if worker not in gone}
 
-    def work_notifications(self, stop: Any) -> Iterator[str | None]:
+    def work_notifications(self, stop: Any,
+                           on_tick: Callable[[], None] | None = None) -> Iterator[str | None]:
         """Session ids as they get work (a chat, a wake), from any process; first None, once
         subscribed: anything published before may have been missed. Ends when `stop` is set;
-        raises RedisUnavailable when the subscription breaks."""
-        return self.notifications(WORK_CHANNEL, stop)
-
-    def notifications(self, channel: str, stop: Any) -> Iterator[str | None]:
-        for notice in self.notices((channel,), stop):
+        raises RedisUnavailable when the subscription breaks. `on_tick`: see notices."""
+        for notice in self.notices((WORK_CHANNEL,), stop, on_tick=on_tick):
             yield None if notice is None else notice[1]
 
-    def notices(self, channels: tuple[str, ...], stop: Any) -> Iterator[tuple[str, str] | None]:
+    def notices(self, channels: tuple[str, ...], stop: Any,
+                on_tick: Callable[[], None] | None = None) -> Iterator[tuple[str, str] | None]:
         """(channel, data) as published on any of `channels`; first None, once subscribed
         (anything published before may have been missed). Ends when `stop` is set; raises
-        RedisUnavailable when the subscription breaks."""
+        RedisUnavailable when the subscription breaks. `on_tick` is called at least every
+        second while the subscription is healthy, notices or not: a quiet installation is a
+        live listener, not a stalled one."""
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(*channels)
             yield None
             while not stop.is_set():
+                if on_tick is not None:
+                    on_tick()
                 message = pubsub.get_message(timeout=1.0)
                 if message and message.get("type") == "message":
                     yield _decode(message["channel"]), _decode(message["data"])

@@ -38,6 +38,10 @@ RESTORE_INDEX = _P + "restore"
 # wait for them: its next passes drop those whose objects are gone, and a restore applies only
 # once they are (it would apply onto an object about to vanish).
 SWEEPING_INDEX = _P + "sweeping"
+# Sessions unhealthy since (score: epoch ms): failed, or waking between two crashes of a
+# crash-looping pod. Set by the status scripts; their queued messages are failed once a
+# session stays in it FAILED_SESSION_GRACE_SECONDS.
+FAILING_INDEX = _P + "failing"
 # The sessions namespace this Redis database serves, set by the first worker: the archiver,
 # the reconciler and the watch act on every record here, so two installations sharing one
 # database would sweep and mark each other's sessions.
@@ -92,6 +96,12 @@ def _bundle_lock(session_id: str) -> str:
     """Held by whoever changes the session's objects (archive sweep, restore, re-apply), so a
     restore never applies onto objects a sweep is still deleting."""
     return _lease_key(f"bundle:{session_id}")
+
+
+def refresh_hold_key(session_id: str) -> str:
+    """Set (with a short TTL) while a chat's wake re-applies a sleeping session's bundle: the
+    push scaler answers "inactive" meanwhile, so KEDA cannot start the old pod template."""
+    return f"{_P}hold:{session_id}"
 
 
 def _reservation_key(session_id: str) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 from .keys import (
     BUNDLED_INDEX,
+    FAILING_INDEX,
     RESTORE_INDEX,
     STATUS_INDEX_PREFIX,
     SWEEPING_INDEX,
@@ -45,7 +46,7 @@ class BundleTiers:
             "archive_session",
             [record_key(session_id), STATUS_INDEX_PREFIX, BUNDLED_INDEX, RESTORE_INDEX,
              queue_key(session_id), _inflight_key(session_id), events_key(session_id),
-             _bundle_lock(session_id), SWEEPING_INDEX],
+             _bundle_lock(session_id), SWEEPING_INDEX, FAILING_INDEX],
             [session_id, int(idle_since), lock_token, lock_seconds * 1000, iso(utc_now()),
              int(time.time() * 1000)])
 
@@ -86,7 +87,7 @@ class BundleTiers:
         return self._run(
             "note_bundle",
             [record_key(session_id), STATUS_INDEX_PREFIX, BUNDLED_INDEX, RESTORE_INDEX,
-             events_key(session_id), SWEEPING_INDEX],
+             events_key(session_id), SWEEPING_INDEX, FAILING_INDEX],
             [session_id, version, ",".join(f"{api} {kind}" for api, kind in kinds),
              int(time.time())]) or None
 

@@ -171,15 +171,30 @@ def test_an_image_that_does_not_exist_fails_with_the_kubelets_reason(
         assert status["reason"] in {"ErrImagePull", "ImagePullBackOff"}, status
 
 
-def test_an_agent_that_exits_at_once_is_crash_looping(make_api, make_worker, settings):
+def test_an_agent_that_exits_at_once_is_crash_looping_and_gives_up_its_chats(
+        make_api, make_worker, settings, view):
+    """A session that stays failed fails its queued chats with the reason after
+    FAILED_SESSION_GRACE_SECONDS, and its work set lets the crashing pod go: KEDA scales it
+    to 0 (before: the chats waited forever and held the pod at 1 until SESSION_TTL)."""
     # Port 1 is privileged: the demo agent, non-root with no capabilities, cannot bind it and
     # exits at once, every time.
-    settings = settings.replace(user_pod_port=1)
+    settings = settings.replace(user_pod_port=1, failed_session_grace_seconds=5,
+                                reconcile_interval_seconds=2, idle_timeout_seconds=20,
+                                keda_cooldown_period_seconds=5,
+                                keda_initial_cooldown_period_seconds=10)
     api, worker = make_api(settings), make_worker(settings)
     with running(worker):
         session_id = api.create()
         status = wait_status(api, session_id, {"failed"}, timeout=120)
         assert status["reason"] == "CrashLoopBackOff", status
+        for message_id in ("m-1", "m-2"):
+            assert api.chat(session_id, "anyone there?", message_id)[0] == 202
+        wait_until(lambda: [m["state"] for m in api.messages(session_id)] == ["failed"] * 2,
+                   timeout=90, what="the queued chats failed with the session")
+        assert all("CrashLoopBackOff" in m["error"] for m in api.messages(session_id))
+        wait_until(lambda: view.replicas(session_id) == 0, timeout=120,
+                   what="KEDA scaling the crashing pod to 0")
+        wait_status(api, session_id, {"sleeping"}, timeout=60)
 
 
 def test_keda_reads_redis_through_the_trigger_authentication(
