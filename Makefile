@@ -13,7 +13,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-# Kubernetes 1.35 and KEDA 2.20 from their Go modules, cached outside the repo (~10 min cold).
+# Kubernetes 1.35, KEDA 2.20 and helm 4.3 from their Go modules, cached outside the repo (~15 min cold).
 binaries:
 	bash scripts/build-cluster-binaries.sh all >/dev/null
 
