@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 # Where scripts/build-cluster-binaries.sh puts what it builds (outside the repo).
 CACHE_BIN := $(or $(SESSION_MANAGER_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/session-manager)/bin
 
-.PHONY: venv binaries run serve worker test lint bench e2e clean
+.PHONY: venv binaries run serve worker test lint bench e2e manifests clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -39,6 +39,11 @@ lint: venv binaries
 
 bench: venv binaries
 	$(PYTHON) -m bench
+
+# k8s-manifests/*.yaml rendered from the Helm chart in charts/session-manager (with helm from
+# the build script); tests/test_chart.py fails when the two differ.
+manifests: venv
+	bash scripts/render-manifests.sh
 
 # On kind where Docker and kind exist, else on the local cluster (devcluster e2e).
 e2e: venv binaries

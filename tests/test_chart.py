@@ -113,6 +113,23 @@ def test_helm_is_the_built_one() -> None:
     assert result.stdout.strip() == (paths.BIN_DIR / "helm.version").read_text().strip()
 
 
+@variants
+def test_helm_install_dry_run_without_a_cluster(name: str, tmp_path: Path) -> None:
+    """The install path (kubeVersion, hooks, NOTES.txt) with no cluster to talk to."""
+    variant = BY_NAME[name]
+    args = ["install", chart.RELEASE, str(chart.CHART), "--namespace", chart.NAMESPACE,
+            "--dry-run=client", "--kubeconfig", str(tmp_path / "none")]
+    for path in variant.values:
+        args += ["--values", str(path)]
+    for key, path in variant.set_files:
+        args += ["--set-file", f"{key}={path}"]
+    result = chart.helm(*args)
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.partition("\nNOTES:\n")[2]
+    assert f"rollout status deployment/{variant.fullname}-worker" in notes
+    assert "WARNING" not in notes
+
+
 # -- every rendering, checked like k8s-manifests --------------------------------------------
 
 
@@ -287,7 +304,7 @@ def test_ingress_and_service_type() -> None:
 def test_session_templates_from_values_are_mounted_at_templates_dir() -> None:
     deployed = _deployed("templates-from-values")
     configmap = deployed.one("ConfigMap", "session-manager-session-templates")
-    assert set(configmap["data"]) == {p.name for p in LIGHT_TEMPLATES.glob("*.yaml")}
+    assert configmap["data"] == {p.name: p.read_text() for p in LIGHT_TEMPLATES.glob("*.yaml")}
     for deployment in (deployed.api, deployed.worker):
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
