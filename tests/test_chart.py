@@ -69,6 +69,7 @@ VARIANTS = [
     Variant("ingress", (_ci("ingress"),), fullname="chat-control"),
     Variant("no-network-policies", (_ci("no-network-policies"),),
             hand_templates=LIGHT_TEMPLATES),
+    Variant("redis-scaler", (_ci("redis-scaler"),)),
     Variant("templates-from-values", set_files=tuple(
         (f"sessionTemplates.files.{path.name.replace('.', chr(92) + '.')}", path)
         for path in sorted(LIGHT_TEMPLATES.glob("*.yaml")))),
@@ -267,6 +268,15 @@ def test_generated_secrets_and_certificates(tmp_path: Path) -> None:
     assert f"DNS:{host}" in names
 
 
+def test_the_redis_scaler_gets_the_generated_password_in_the_sessions_namespace() -> None:
+    deployed = _deployed("redis-scaler")
+    name = deployed.config["REDIS_SECRET_NAME"]
+    control = _secret_data(deployed, name, "session-manager")
+    assert _secret_data(deployed, name, "sessions") == control
+    assert deployed.find("Service", "session-manager-scaler") is None
+    assert not any("scaler" in s["metadata"]["name"] for s in deployed.of_kind("Secret"))
+
+
 def test_generated_secrets_come_only_with_generated_values() -> None:
     """Existing Secrets named in the values: the chart makes none of its own."""
     assert _deployed("manifests").of_kind("Secret") == []
@@ -458,3 +468,18 @@ def test_k8s_manifests_render_every_template_that_renders_with_defaults() -> Non
     kustomization = yaml.safe_load((chart.MANIFESTS / "kustomization.yaml").read_text())
     assert rendered == set(kustomization["resources"])
     assert {p.name for p in chart.generated_files()} == rendered
+
+
+def test_kubectl_kustomize_builds_the_charts_objects() -> None:
+    """`kubectl apply -k k8s-manifests` applies exactly what the chart renders."""
+    kubectl = paths.binary("kubectl", build_part="kube")
+    built = subprocess.run([kubectl, "kustomize", str(chart.MANIFESTS)], capture_output=True,
+                           text=True, check=True).stdout
+
+    def key(doc: dict[str, Any]) -> tuple[str, str, str]:
+        return doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"]
+
+    from_kustomize = {key(doc): doc for doc in yaml.safe_load_all(built) if doc}
+    from_chart = {key(doc): doc for doc in _deployed("manifests").objects}
+    assert from_kustomize == from_chart
+
