@@ -33,7 +33,6 @@ app.kubernetes.io/name: session-manager
 app.kubernetes.io/component: {{ . }}
 {{- end -}}
 
-{{- define "sm.controlNamespace" -}}{{ .Release.Namespace }}{{- end -}}
 {{- define "sm.sessionsNamespace" -}}{{ .Values.namespaces.sessions.name }}{{- end -}}
 
 {{- define "sm.image" -}}
@@ -93,7 +92,6 @@ app.kubernetes.io/component: {{ . }}
 
 {{/* The settings: what the chart derives from other values, then `config` (schema-checked). */}}
 {{- define "sm.settings" -}}
-{{- $fullname := include "sm.fullname" . -}}
 {{- $derived := dict
   "NAMESPACE" (include "sm.sessionsNamespace" .)
   "USER_POD_IMAGE" (printf "%s:%s" .Values.userPod.image.repository .Values.userPod.image.tag)
