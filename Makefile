@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 # Where scripts/build-cluster-binaries.sh puts what it builds (outside the repo).
 CACHE_BIN := $(or $(SESSION_MANAGER_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/session-manager)/bin
 
-.PHONY: venv binaries run serve worker test lint bench e2e clean
+.PHONY: venv binaries run serve worker test lint bench e2e manifests clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -13,7 +13,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-# Kubernetes 1.35 and KEDA 2.20 from their Go modules, cached outside the repo (~10 min cold).
+# Kubernetes 1.35, KEDA 2.20 and helm 4.3 from their Go modules, cached outside the repo (~15 min cold).
 binaries:
 	bash scripts/build-cluster-binaries.sh all >/dev/null
 
@@ -39,6 +39,11 @@ lint: venv binaries
 
 bench: venv binaries
 	$(PYTHON) -m bench
+
+# k8s-manifests/*.yaml rendered from the Helm chart in charts/session-manager (with helm from
+# the build script); tests/test_chart.py fails when the two differ.
+manifests: venv
+	bash scripts/render-manifests.sh
 
 # On kind where Docker and kind exist, else on the local cluster (devcluster e2e).
 e2e: venv binaries

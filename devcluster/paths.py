@@ -1,8 +1,9 @@
 """Where the local stack's binaries, images and state live, and how a missing one is built.
 
 Everything built lives in one cache directory outside the repo (SESSION_MANAGER_CACHE, default
-~/.cache/session-manager): Kubernetes and KEDA binaries from scripts/build-cluster-binaries.sh,
-the base image rootfs, containerd's image store. Nothing here is machine-specific.
+~/.cache/session-manager): Kubernetes, KEDA and helm binaries and the KEDA and cert-manager CRDs
+from scripts/build-cluster-binaries.sh, the base image rootfs, containerd's image store. Nothing
+here is machine-specific.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ CACHE_DIR = Path(
 BIN_DIR = CACHE_DIR / "bin"
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-cluster-binaries.sh"
 KEDA_CRDS = CACHE_DIR / "keda-crds.yaml"
+CERT_MANAGER_CRDS = CACHE_DIR / "cert-manager-crds.yaml"
 # Image stores, kept between runs so a warm start imports nothing.
 CONTAINERD_ROOT = CACHE_DIR / "containerd"
 DOCKER_ROOT = CACHE_DIR / "docker"
@@ -40,7 +42,7 @@ class LocalServiceError(RuntimeError):
 
 
 def build(part: str) -> None:
-    """Run the build script for `part` (kube, etcd, keda-crds, keda, pause, all); it skips what is
+    """Run the build script for `part` (kube, etcd, keda-crds, keda, helm, all); it skips what is
     cached and prints its progress on stderr, which the caller's terminal shows."""
     result = subprocess.run(["bash", str(BUILD_SCRIPT), part], stdout=subprocess.DEVNULL,
                             check=False)
@@ -82,10 +84,24 @@ def system_binary(name: str, package: str) -> str:
     return path
 
 
+def helm(*, build_missing: bool = True) -> str:
+    """helm built from its Go module (helm.sh/helm/v4): lints and renders charts/."""
+    return binary("helm", build_part="helm" if build_missing else None)
+
+
+def _crds(path: Path, part: str, build_missing: bool) -> list[dict]:
+    if not path.is_file() and build_missing:
+        build(part)
+    if not path.is_file():
+        raise LocalServiceError(f"{path} missing: run {BUILD_SCRIPT} {part}")
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
 def keda_crds(*, build_missing: bool = True) -> list[dict]:
     """KEDA's own CustomResourceDefinitions, from its module's config/crd."""
-    if not KEDA_CRDS.is_file() and build_missing:
-        build("keda-crds")
-    if not KEDA_CRDS.is_file():
-        raise LocalServiceError(f"{KEDA_CRDS} missing: run {BUILD_SCRIPT} keda-crds")
-    return [doc for doc in yaml.safe_load_all(KEDA_CRDS.read_text()) if doc]
+    return _crds(KEDA_CRDS, "keda-crds", build_missing)
+
+
+def cert_manager_crds(*, build_missing: bool = True) -> list[dict]:
+    """cert-manager's CustomResourceDefinitions, from its module's deploy/crds."""
+    return _crds(CERT_MANAGER_CRDS, "cert-manager-crds", build_missing)

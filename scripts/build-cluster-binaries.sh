@@ -15,18 +15,23 @@
 #     reads all objects of the kind from etcd, 5 s a call at 5,000 sessions.
 #   - pause, the pod sandbox binary, from the Kubernetes module's build/pause (gcc -static).
 #   - actionlint, for the GitHub Actions workflows (`make test` lints them).
+#   - cert-manager's CRDs (deploy/crds of github.com/cert-manager/cert-manager, a download, no
+#     build): the chart's cert-manager variant renders Certificates, validated against them.
+#   - helm, from helm.sh/helm/v4 (no replace lines: a plain `go install`), for the chart in
+#     charts/session-manager (`make test` lints and renders it; k8s-manifests/ is its rendering).
 # Each part is skipped when its outputs are cached. Prints progress on stderr and the bin
 # directory on the last line of stdout.
 #
-#   scripts/build-cluster-binaries.sh [kube|etcd|keda-crds|keda|pause|lint|coredns|all]   # default all
+#   scripts/build-cluster-binaries.sh [kube|etcd|keda-crds|cert-manager-crds|keda|pause|lint|helm|coredns|all]   # default all
 #   (all = what make test needs; coredns only for make e2e)
 #
 # Env: SESSION_MANAGER_CACHE (default ~/.cache/session-manager), KUBE_VERSION, ETCD_VERSION,
-# KEDA_VERSION.
+# KEDA_VERSION, CERT_MANAGER_VERSION, HELM_VERSION.
 set -o errexit -o nounset -o pipefail
 
 kube_version="${KUBE_VERSION:-v1.35.4}"
 keda_version="${KEDA_VERSION:-v2.20.2}"
+cert_manager_version="${CERT_MANAGER_VERSION:-v1.21.2}"
 # The 3.6 line is what Kubernetes 1.35 is released and tested with (its client is 3.6 too).
 etcd_version="${ETCD_VERSION:-v3.6.16}"
 cache_dir="${SESSION_MANAGER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/session-manager}"
@@ -134,31 +139,38 @@ build_etcd() {
   rm -rf "$src" "$cache_dir/build/etcd-out"
 }
 
-keda_module_dir() {
-  go mod download -json "github.com/kedacore/keda/v2@$keda_version" \
-    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
-}
-
-# KEDA's own CRDs (config/crd/bases, what its kustomization lists) as one multi-document file.
-# Only a download: the API-server-only test layers need these without building KEDA.
-extract_keda_crds() {
-  local crds="$cache_dir/keda-crds.yaml"
-  if [ -s "$crds" ] && [ "$(cat "$crds.version" 2>/dev/null)" = "$keda_version" ]; then
-    log "cached: KEDA $keda_version CRDs"
+# A module's CRD files (DIR/*.yaml) as one multi-document file in the cache, by version.
+#   module_crds NAME MODULE VERSION DIR_IN_MODULE
+module_crds() {
+  local name="$1" module="$2" version="$3" sub="$4" crds="$cache_dir/$1-crds.yaml"
+  if [ -s "$crds" ] && [ "$(cat "$crds.version" 2>/dev/null)" = "$version" ]; then
+    log "cached: $name $version CRDs"
     return
   fi
   local dir f first=1
-  dir=$(keda_module_dir)
-  [ -n "$dir" ] && [ -d "$dir/config/crd/bases" ] || { log "KEDA $keda_version module has no config/crd/bases"; exit 1; }
+  dir=$(go mod download -json "$module@$version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -n "$dir" ] && [ -d "$dir/$sub" ] || { log "$module@$version has no $sub"; exit 1; }
   : >"$crds.tmp"
-  for f in "$dir"/config/crd/bases/*.yaml; do
+  for f in "$dir/$sub"/*.yaml; do
     [ "$first" -eq 1 ] || echo '---' >>"$crds.tmp"
     first=0
     cat "$f" >>"$crds.tmp"
   done
   mv "$crds.tmp" "$crds"
-  echo "$keda_version" >"$crds.version"
-  log "KEDA $keda_version CRDs: $crds"
+  echo "$version" >"$crds.version"
+  log "$name $version CRDs: $crds"
+}
+
+# KEDA's own CRDs (config/crd/bases, what its kustomization lists) as one multi-document file.
+# Only a download: the API-server-only test layers need these without building KEDA.
+extract_keda_crds() {
+  module_crds keda "github.com/kedacore/keda/v2" "$keda_version" config/crd/bases
+}
+
+# cert-manager's CRDs: the chart's Certificates (scaler.tls.source=certManager) are validated
+# against them.
+extract_cert_manager_crds() {
+  module_crds cert-manager "github.com/cert-manager/cert-manager" "$cert_manager_version" deploy/crds
 }
 
 build_keda() {
@@ -208,18 +220,19 @@ build_pause() {
 }
 
 # `go install` of a module with no replace lines into the bin dir, cached by version.
-#   go_install_tool NAME MODULE/PKG VERSION "what it is"
+#   go_install_tool NAME MODULE/PKG VERSION "what it is" [EXTRA LDFLAGS]
 go_install_tool() {
-  local name="$1" package="$2" version="$3" what="$4"
+  local name="$1" package="$2" version="$3" what="$4" ldflags="-s -w ${5:-}" start
   if [ -x "$bin_dir/$name" ] && [ "$(cat "$bin_dir/$name.version" 2>/dev/null)" = "$version" ]; then
     log "cached: $name $version"
     return
   fi
+  start=$(date +%s)
   log "building $name $version ($what)"
   (GOBIN="$bin_dir" run_logged "$cache_dir/build/$name.log" \
-    go install -trimpath -ldflags "-s -w" "$package@$version")
+    go install -trimpath -ldflags "$ldflags" "$package@$version")
   echo "$version" >"$bin_dir/$name.version"
-  log "built $name $version"
+  log "built $name $version in $(( $(date +%s) - start ))s"
 }
 
 # CoreDNS: the cluster DNS of the e2e stack (about 2 minutes cold on 2 cores).
@@ -233,15 +246,25 @@ build_lint() {
     "${ACTIONLINT_VERSION:-v1.7.12}" "GitHub workflow linter"
 }
 
+# helm: make test lints and renders charts/session-manager with it, and k8s-manifests/ is
+# rendered from the chart (scripts/render-manifests.sh). About 4 minutes cold on 2 cores.
+build_helm() {
+  local version="${HELM_VERSION:-v4.3.2}" pkg=helm.sh/helm/v4/internal/version
+  go_install_tool helm helm.sh/helm/v4/cmd/helm "$version" "Kubernetes package manager" \
+    "-X $pkg.version=$version -X $pkg.gitCommit=module-$version -X $pkg.gitTreeState=clean"
+}
+
 case "$what" in
   kube) build_kube ;;
   etcd) build_etcd ;;
   keda-crds) extract_keda_crds ;;
+  cert-manager-crds) extract_cert_manager_crds ;;
   keda) build_keda ;;
   pause) build_pause ;;
   lint) build_lint ;;
+  helm) build_helm ;;
   coredns) build_coredns ;;
-  all) build_kube; build_etcd; build_keda; build_pause; build_lint ;;
-  *) log "usage: $0 [kube|etcd|keda-crds|keda|pause|lint|coredns|all]"; exit 2 ;;
+  all) build_kube; build_etcd; build_keda; build_pause; build_lint; build_helm; extract_cert_manager_crds ;;
+  *) log "usage: $0 [kube|etcd|keda-crds|cert-manager-crds|keda|pause|lint|helm|coredns|all]"; exit 2 ;;
 esac
 echo "$bin_dir"

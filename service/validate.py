@@ -55,18 +55,23 @@ class Problem:
 def validate_bundle(bundle: bundle_module.Bundle, crds: list[dict],
                     templates_dir: str | Path | None = None) -> list[Problem]:
     """Problems of every object, in bundle order; `templates_dir` only prefixes the names."""
-    by_kind = {(crd["spec"]["group"], crd["spec"]["names"]["kind"]): crd for crd in crds}
     problems = []
     for obj in bundle.objects:
         template = obj["metadata"]["annotations"][_TEMPLATE_ANNOTATION]
         if templates_dir is not None:
             template = str(Path(templates_dir) / template)
         found = functools.partial(Problem, template, obj["kind"], obj["metadata"]["name"])
-        group, _, version = obj["apiVersion"].rpartition("/")
-        crd = by_kind.get((group, obj["kind"]))
-        errors = _check_crd_kind(obj, crd, version) if crd else _check_builtin(obj)
-        problems.extend(found(*error) for error in errors)
+        problems.extend(found(*error) for error in object_problems(obj, crds))
     return problems
+
+
+def object_problems(obj: dict, crds: list[dict]) -> list[tuple]:
+    """(path, message[, warning]) of one object: against its CRD's schema when `crds` has its
+    kind, else against the built-in kinds' (also used for the chart's rendered objects)."""
+    by_kind = {(crd["spec"]["group"], crd["spec"]["names"]["kind"]): crd for crd in crds}
+    group, _, version = obj["apiVersion"].rpartition("/")
+    crd = by_kind.get((group, obj["kind"]))
+    return _check_crd_kind(obj, crd, version) if crd else _check_builtin(obj)
 
 
 def _check_builtin(obj: dict) -> list[tuple]:
