@@ -2,9 +2,12 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 # Where scripts/build-cluster-binaries.sh puts what it builds (outside the repo).
-CACHE_BIN := $(or $(SESSION_MANAGER_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/session-manager)/bin
+CACHE_DIR := $(or $(SESSION_MANAGER_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/session-manager)
+CACHE_BIN := $(CACHE_DIR)/bin
+# Where `make docs` builds the site: outside the repo, so nothing lands in the work tree.
+DOCS_SITE ?= $(CACHE_DIR)/docs-site
 
-.PHONY: venv binaries run serve worker test lint bench e2e manifests clean
+.PHONY: venv binaries run serve worker test lint bench e2e manifests docs clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -31,11 +34,16 @@ worker: venv
 test: venv binaries lint
 	$(PYTHON) -m pytest
 
-# ruff on the code, actionlint on the GitHub workflows, hadolint on the Dockerfiles.
+# ruff on the code, the layers' import contract (.importlinter), actionlint on the GitHub
+# workflows, hadolint on the Dockerfiles, and the docs: their generated blocks current and the
+# site built strictly (a broken link between pages fails).
 lint: venv binaries
 	$(PYTHON) -m ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(CACHE_BIN)/actionlint .github/workflows/*.yml
 	$(VENV)/bin/hadolint Dockerfile demo_agent/Dockerfile
+	$(PYTHON) scripts/docs.py --check
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir $(DOCS_SITE)
 
 bench: venv binaries
 	$(PYTHON) -m bench
@@ -44,6 +52,11 @@ bench: venv binaries
 # the build script); tests/test_chart.py fails when the two differ.
 manifests: venv
 	bash scripts/render-manifests.sh
+
+# docs/ refreshed (the blocks generated from the code) and built strictly: a broken link or
+# anchor between pages, or a page missing from the nav, fails (mkdocs.yml).
+docs: venv
+	$(PYTHON) scripts/docs.py && $(VENV)/bin/mkdocs build --strict --site-dir $(DOCS_SITE)
 
 # On kind where Docker and kind exist, else on the local cluster (devcluster e2e).
 e2e: venv binaries

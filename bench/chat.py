@@ -19,8 +19,8 @@ import time
 
 from kubernetes import client as k8s
 
-from service import names
-from service.status import StatusTracker
+from service.core import names
+from service.worker.status_watch import StatusTracker
 
 from . import load
 from .harness import Client, Context, create_sessions_one_by_one, median, percentile
@@ -92,7 +92,7 @@ def chat202(ctx: Context) -> Figure:
         f"{ctx.rounds} rounds x {seconds} s per side, {CONNECTIONS} keep-alive connections, "
         f"load tool: {ours[0].tool}; requests rotate over {SESSIONS} sessions "
         "(MAX_QUEUED_MESSAGES=1000000, so the backlog cap never answers 429).",
-        "Both servers: service.serve.gunicorn_options (gthread; WEB_CONCURRENCY="
+        "Both servers: service.http.serve.gunicorn_options (gthread; WEB_CONCURRENCY="
         f"{workers}, WEB_THREADS={os.environ.get('WEB_THREADS') or 'default'}). Rate limiter "
         "enabled with every route at 1000000/minute (its Redis round trip is paid, never a 429).",
         "CPU per chat = user+system CPU of the server's process group (master + workers) or "

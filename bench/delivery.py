@@ -2,7 +2,7 @@
 the worker process(es) have delivered all 500 to the demo agent. 1 worker, then 2.
 
 Messages are admitted with `Store.admit_chat` (what POST /chat does while no pod is ready).
-"Ready at once" = one pipeline of `Store.set_status(..., "running", actor=Actor.WATCH)`, the
+"Ready at once" = one pipeline of `Store.records.set_status(..., "running", actor=Actor.WATCH)`, the
 call the status watcher makes, which also makes the session's messages due immediately.
 Done = the `delivered` counter (finish_delivery.lua) went up by 500.
 """
@@ -14,8 +14,9 @@ import json
 import secrets
 import time
 
-from service.store import Store, iso, utc_now
-from service.transitions import Actor
+from service.core.clock import iso, utc_now
+from service.core.transitions import Actor
+from service.store import Store
 
 from .harness import Context, Proc, cpu_seconds, create_sessions
 from .profile import profiled
@@ -46,7 +47,7 @@ def _one_round(ctx: Context, store: Store, workers: list[Proc],
     for sid in sessions:
         for index in range(PER_SESSION):
             message_id = secrets.token_hex(8)
-            mode, _ = store.admit_chat(
+            mode, _ = store.messages.admit_chat(
                 sid, message_id=message_id,
                 message={"message_id": message_id, "message": f"queued message {index}",
                          "created_at": iso(utc_now())},
@@ -57,10 +58,10 @@ def _one_round(ctx: Context, store: Store, workers: list[Proc],
     delivered = _counter(store, "delivered")
     failed = _counter(store, "failed")
     pipe = store.redis.pipeline(transaction=False)
-    on_pipe = Store(pipe, session_ttl_seconds=store.session_ttl,  # type: ignore[arg-type]
-                    activity_ttl_seconds=store.activity_ttl)
+    on_pipe = Store(pipe, session_ttl_seconds=store.db.session_ttl,  # type: ignore[arg-type]
+                    activity_ttl_seconds=store.db.activity_ttl)
     for sid in sessions:
-        on_pipe.set_status(sid, "running", actor=Actor.WATCH, replicas=1, ready_replicas=1)
+        on_pipe.records.set_status(sid, "running", actor=Actor.WATCH, replicas=1, ready_replicas=1)
     cpu_before = _cpu(ctx, workers)
     started = time.perf_counter()
     pipe.execute()

@@ -1,7 +1,7 @@
 """The floor for the 202 chat path: the least a Flask app under our gunicorn can do per chat.
 
 `python -m bench.floor` serves it with exactly the service's gunicorn setup
-(`service.serve.Server`: same workers, gevent worker class, connections, keep-alive), read from
+(`service.http.serve.Server`: same workers, gevent worker class, connections, keep-alive), read from
 the same environment (PORT, BIND_ADDRESS, WEB_CONCURRENCY, WEB_CONNECTIONS, REDIS_URL).
 One route does one Redis LPUSH of the body and answers a small JSON 202.
 """
@@ -16,8 +16,8 @@ if __name__ == "__main__":  # as `python -m service serve` does: patched before 
 import redis
 from flask import Flask, jsonify, request
 
-from service.config import Settings
-from service.serve import Server
+from service.core import config
+from service.http.serve import Server
 
 
 def create_floor_app(redis_url: str, socket_timeout_seconds: float) -> Flask:
@@ -39,6 +39,6 @@ def create_floor_app(redis_url: str, socket_timeout_seconds: float) -> Flask:
 
 
 if __name__ == "__main__":
-    settings = Settings.from_env()
+    settings = config.from_env()
     Server(settings, load=lambda: create_floor_app(
         settings.redis_url, settings.redis_socket_timeout_seconds)).run()

@@ -4,8 +4,8 @@ patched by gevent: that is the point."""
 
 from __future__ import annotations
 
-from service.config import Settings
-from service.serve import Server
+from service.core import config
+from service.http.serve import Server
 
 
 class ThreadedServer(Server):
@@ -16,4 +16,4 @@ class ThreadedServer(Server):
 
 
 if __name__ == "__main__":
-    ThreadedServer(Settings.from_env()).run()
+    ThreadedServer(config.from_env()).run()

@@ -25,10 +25,12 @@ from typing import Any
 
 from devcluster import apiserver as local
 from devcluster import paths
-from service import names
-from service.config import RATE_LIMITED_ROUTES, REPO_ROOT
-from service.kube import Kube, load_api_client
-from service.store import Store, hash_token, utc_now
+from service.core import names
+from service.core.clock import utc_now
+from service.core.config import RATE_LIMITED_ROUTES, REPO_ROOT
+from service.core.tokens import hash_token
+from service.kube import ClusterSetup, Kube, load_api_client
+from service.store import Store
 from service.store.keys import INSTALLATION_KEY
 
 SERVICE_NAMESPACE = "bench"
@@ -235,7 +237,7 @@ class Context:
             self._apiserver = server
             admin = Kube(load_api_client(str(server.kubeconfig)), "default")
             try:
-                admin.install_crds(paths.keda_crds())
+                ClusterSetup(admin).install_crds(paths.keda_crds())
             finally:
                 admin.close()
         return self._apiserver
@@ -245,7 +247,7 @@ class Context:
         server = self.apiserver()
         kube = Kube(load_api_client(str(server.kubeconfig)), namespace)
         if namespace not in self._namespaces:
-            kube.ensure_namespace(namespace)
+            ClusterSetup(kube).ensure_namespace(namespace)
             self._namespaces.add(namespace)
         self._kubes.append(kube)
         return kube
@@ -408,14 +410,14 @@ def create_sessions(store: Store, count: int, *, batch: int = 1000,
     each. Ids come from `names.new_session_id` like `reserve_id`'s, without the reservation
     key (the script deletes it anyway) — 80 random bits do not collide in a benchmark."""
     pipe = store.redis.pipeline(transaction=False)
-    queued = Store(pipe, session_ttl_seconds=store.session_ttl,  # type: ignore[arg-type]
-                   activity_ttl_seconds=store.activity_ttl)
+    queued = Store(pipe, session_ttl_seconds=store.db.session_ttl,  # type: ignore[arg-type]
+                   activity_ttl_seconds=store.db.activity_ttl)
     ids: list[str] = []
     while len(ids) < count:
         now = utc_now()
         chunk = [names.new_session_id() for _ in range(min(batch, count - len(ids)))]
         for index, session_id in enumerate(chunk, start=len(ids)):
-            queued.create_session(session_id, user_id=f"{prefix}-{index}@example.com",
+            queued.records.create_session(session_id, user_id=f"{prefix}-{index}@example.com",
                                   token_hash=hash_token(secrets.token_urlsafe(32)), now=now)
         results = pipe.execute()
         if not all(results):
@@ -428,8 +430,8 @@ def create_sessions_one_by_one(store: Store, count: int, prefix: str = "bench") 
     """A few sessions exactly as `Sessions._create` makes them (reserve, then create)."""
     ids = []
     for index in range(count):
-        session_id = store.reserve_id()
-        store.create_session(session_id, user_id=f"{prefix}-{index}@example.com",
+        session_id = store.records.reserve_id()
+        store.records.create_session(session_id, user_id=f"{prefix}-{index}@example.com",
                              token_hash=hash_token(secrets.token_urlsafe(32)), now=utc_now())
         ids.append(session_id)
     return ids

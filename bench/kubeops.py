@@ -14,8 +14,9 @@ import time
 from collections import Counter
 from urllib.parse import urlsplit
 
-from service import bundle, names
-from service.config import Settings
+from service import bundle
+from service.core import names
+from service.core.config import Settings
 from service.kube import Kube
 from service.store import keda_keys
 
@@ -170,7 +171,7 @@ def kube_ops(ctx: Context) -> Figure:
         "End-to-end rows: the gunicorn service (HTTP, API key) on namespace bench; the "
         "service renders the bundle in create and again in delete (Sessions.delete uses "
         "render().kinds()).",
-        "Waves (service/bundle.py): TriggerAuthentication → Deployment ‖ Service → "
+        "Waves (service/bundle/rendering.py): TriggerAuthentication → Deployment ‖ Service → "
         "ScaledObject, so a create is at least 3 sequential SSA round trips.",
     ]
     figure.data = {"parallel_ms": parallel_ms, "sequential_ms": sequential_ms,

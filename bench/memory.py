@@ -9,6 +9,7 @@ entries (the three sorted sets every session is in: all, status, expiry).
 from __future__ import annotations
 
 from service import store as store_module
+from service.store import keys as store_keys
 
 from .harness import Context, create_sessions, median
 from .report import Figure, Row, Target
@@ -31,11 +32,11 @@ def memory(ctx: Context) -> Figure:
         totals.append((after - before) / SESSIONS)
         keys.append((int(redis.dbsize()) - keys_before) / SESSIONS)
         sample = ids[:: max(1, SESSIONS // SAMPLE)]
-        records.append(median(redis.memory_usage(store_module.record_key(s)) for s in sample))
+        records.append(median(redis.memory_usage(store_keys.record_key(s)) for s in sample))
         activity.append(median(redis.memory_usage(store_module.work_key(s))
                                for s in sample))
-        index_keys = [store_module.ALL_INDEX, store_module.STATUS_INDEX_PREFIX + "created",
-                      store_module.EXPIRY_INDEX]
+        index_keys = [store_keys.ALL_INDEX, store_keys.STATUS_INDEX_PREFIX + "created",
+                      store_keys.EXPIRY_INDEX]
         indexes.append(sum(redis.memory_usage(k, samples=0) for k in index_keys) / SESSIONS)
         # At rest: the work sets have expired (IDLE_TIMEOUT - cooldown after the last
         # activity, nothing pending). Delete them, as their expiry would, and measure again.

@@ -25,8 +25,8 @@ import threading
 import time
 
 from devcluster.processes import free_port
-from service import sse
-from service.transitions import Actor
+from service.core import sse
+from service.core.transitions import Actor
 
 from .harness import (
     SERVICE_NAMESPACE,
@@ -106,7 +106,7 @@ def _trial(ctx: Context, port: int, way: str, session_id: str, asleep: bool) -> 
     path = f"/session/{session_id}/chat"
     waker = None
     if asleep:
-        waker = threading.Timer(WAKE_SECONDS, lambda: store.set_status(
+        waker = threading.Timer(WAKE_SECONDS, lambda: store.records.set_status(
             session_id, "running", replicas=1, ready_replicas=1, actor=Actor.WATCH))
     stream = _Stream(port, session_id, key) if way == "events" else None
     try:
@@ -176,10 +176,10 @@ def replies(ctx: Context) -> Figure:
                     timings = []
                     for session_id in sessions:
                         if state == "running":
-                            store.set_status(session_id, "running", replicas=1,
+                            store.records.set_status(session_id, "running", replicas=1,
                                              ready_replicas=1, actor=Actor.WATCH)
                         else:
-                            store.set_status(session_id, "sleeping", actor=Actor.WATCH)
+                            store.records.set_status(session_id, "sleeping", actor=Actor.WATCH)
                         timings.append(_trial(ctx, port, way, session_id, state == "sleeping"))
                     results[state][way].append((median(t[0] for t in timings),
                                                 median(t[1] for t in timings)))

@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from devcluster.processes import free_port
-from service.transitions import Actor
+from service.core.transitions import Actor
 
 from .harness import (
     SERVICE_NAMESPACE,
@@ -63,7 +63,8 @@ def _post(port: int, path: str, body: dict, key: str) -> tuple[int, str]:
 def _round(ctx: Context, proc: Proc, sessions: list[str]) -> tuple[list[float], int]:
     store = ctx.store()
     for session_id in sessions:  # running with a ready pod, as the status watch writes it
-        store.set_status(session_id, "running", replicas=1, ready_replicas=1, actor=Actor.WATCH)
+        store.records.set_status(session_id, "running", actor=Actor.WATCH, replicas=1,
+                                 ready_replicas=1)
     done = threading.Event()
     latencies: list[float] = []
 

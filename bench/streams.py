@@ -21,7 +21,7 @@ import threading
 import time
 
 from devcluster.processes import free_port
-from service.transitions import Actor
+from service.core.transitions import Actor
 
 from .harness import (
     SERVICE_NAMESPACE,
@@ -160,16 +160,16 @@ def streams(ctx: Context) -> Figure:
                 opened.forget()
                 started = time.perf_counter()
                 for session_id in sessions:  # one status change each, to every stream
-                    store.set_status(session_id, "waking", actor=Actor.WATCH)
+                    store.records.set_status(session_id, "waking", actor=Actor.WATCH)
                 wait_until(lambda held=opened: held.seen_by_all(b'"status":"waking"'), timeout=60,
                            what="every stream seeing its session's event", proc=api)
                 fanout.append((time.perf_counter() - started) * 1000)
                 for session_id in sessions:
-                    store.set_status(session_id, "sleeping", actor=Actor.WATCH)
+                    store.records.set_status(session_id, "sleeping", actor=Actor.WATCH)
             finally:
                 opened.close()
             # The server notices a client gone at its next heartbeat write (<= 30 s).
-            wait_until(lambda: sum(store.open_streams(s) for s in sessions) == 0, timeout=60,
+            wait_until(lambda: sum(store.events.open_streams(s) for s in sessions) == 0, timeout=60,
                        what="the server to notice the streams closed")
             ctx.check_alive()
     finally:

@@ -28,13 +28,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from service import bundle, names
-from service.config import REPO_ROOT, Settings
-from service.store import Store, hash_token, keda_keys, utc_now
+from service import bundle
+from service.bundle import TemplateVersion
+from service.core import names
+from service.core.clock import utc_now
+from service.core.config import REPO_ROOT, Settings
+from service.core.tokens import hash_token
+from service.core.transitions import Actor
+from service.sessions import Archiver, Tiers
+from service.store import Store, keda_keys
 from service.store.keys import BUNDLED_INDEX
-from service.templates import TemplateVersion
-from service.tiers import Tiers
-from service.transitions import Actor
 
 from .harness import Client, Context, Proc, wait_until
 from .report import Figure, Row, Target
@@ -103,7 +106,7 @@ def _sleeping_sessions(stack: Stack, settings: Settings, store: Store, count: in
     leaves them (a created session would first start a pod, which 2 cores cannot do for
     thousands)."""
     kube = stack.client(settings.namespace)
-    version = TemplateVersion(settings).current()
+    version = TemplateVersion(settings, keda_keys).current()
 
     def one(_: int) -> str:
         session_id = names.new_session_id()
@@ -112,12 +115,12 @@ def _sleeping_sessions(stack: Stack, settings: Settings, store: Store, count: in
             if obj["kind"] == "Deployment":
                 obj["spec"]["replicas"] = 0
         kinds = [(k.api_version, k.kind) for k in rendered.kinds()]
-        store.note_applied_kinds(kinds)
+        store.records.note_applied_kinds(kinds)
         kube.apply(rendered)
-        store.create_session(session_id, user_id="bench", now=utc_now(),
+        store.records.create_session(session_id, user_id="bench", now=utc_now(),
                              token_hash=hash_token(secrets.token_urlsafe(16)),
                              bundle_version=version, bundle_kinds=kinds)
-        store.set_status(session_id, "sleeping", actor=Actor.WATCH)
+        store.records.set_status(session_id, "sleeping", actor=Actor.WATCH)
         return session_id
 
     with ThreadPoolExecutor(4) as pool:
@@ -170,19 +173,20 @@ def _objects_figure(ctx: Context, stack: Stack, figure: Figure, count: int) -> N
     idle = ids[ACTIVE:]
     store.redis.zadd(BUNDLED_INDEX, {**dict.fromkeys(idle, time.time() - 3600),
                                      **dict.fromkeys(ids[:ACTIVE], time.time())})
-    tiers = Tiers(settings, store, stack.client(namespace))
+    kube = stack.client(namespace)
+    archiver = Archiver(settings, store, kube, Tiers(settings, store, kube))
     began = time.monotonic()
     archived = 0
     with ThreadPoolExecutor(settings.bundle_concurrency) as pool:
         while archived < len(idle):
-            done = tiers.archive_idle(pool)["archived"]
+            done = archiver.archive_idle(pool)["archived"]
             if not done:
                 break
             archived += done
         archive_seconds = time.monotonic() - began
         print(f"    archived {archived} in {archive_seconds:.0f}s", flush=True)
         deadline = time.monotonic() + 900 + count / 5
-        while (sweeping := tiers.archive_idle(pool)["sweeping"]) and time.monotonic() < deadline:
+        while (sweeping := archiver.archive_idle(pool)["sweeping"]) and time.monotonic() < deadline:
             time.sleep(5)
         if sweeping:
             raise RuntimeError(f"{sweeping} archives still had objects after "
@@ -256,17 +260,18 @@ def _objects_figure(ctx: Context, stack: Stack, figure: Figure, count: int) -> N
 def _wake_figure(ctx: Context, stack: Stack, figure: Figure) -> None:
     settings = stack.settings.replace(archive_after_seconds=600)
     sleeper, archived = Session(stack, settings), Session(stack, settings)
-    tiers = Tiers(settings, stack.store, archived.kube)
+    archiver = Archiver(settings, stack.store, archived.kube,
+                        Tiers(settings, stack.store, archived.kube))
     turns = (2 if ctx.quick else 3) * ctx.rounds
     samples: dict[str, list[float]] = {"sleeping": [], "archived": []}
     for turn in range(turns):
         sleeper.to_zero()
         samples["sleeping"].append(sleeper.chat_to_reply())
         archived.to_zero()
-        assert tiers.archive(archived.id, time.time() + 1) == "archived"
+        assert archiver.archive(archived.id, time.time() + 1) == "archived"
         # Measured from an archive that is done: pod gone, and every object (KEDA's finalizer
         # on the ScaledObject dropped), else the restore waits for that first.
-        wait_until(lambda: not archived.pods() and not tiers.finish_sweeps()["sweeping"],
+        wait_until(lambda: not archived.pods() and not archiver.finish_sweeps()["sweeping"],
                    timeout=120, what="the archived session's pod and objects gone")
         samples["archived"].append(archived.chat_to_reply())
         print(f"    turn {turn + 1}/{turns}: sleeping {samples['sleeping'][-1]:.2f}s, "
@@ -302,11 +307,11 @@ def _rss_kib(pid: int) -> int:
 def _archived_records(store: Store, count: int) -> None:
     now = utc_now()
     pipe = store.redis.pipeline(transaction=False)
-    queued = Store(pipe, session_ttl_seconds=store.session_ttl,  # type: ignore[arg-type]
-                   activity_ttl_seconds=store.activity_ttl)
+    queued = Store(pipe, session_ttl_seconds=store.db.session_ttl,  # type: ignore[arg-type]
+                   activity_ttl_seconds=store.db.activity_ttl)
     ids = [names.new_session_id() for _ in range(count)]
     for session_id in ids:
-        queued.create_session(session_id, user_id="bench", now=now,
+        queued.records.create_session(session_id, user_id="bench", now=now,
                               token_hash=hash_token(secrets.token_urlsafe(16)))
         queued.archive(session_id, idle_since=time.time() + 1, lock_token="bench",
                        lock_seconds=1)

@@ -24,9 +24,10 @@ from pathlib import Path
 
 from devcluster import apiserver, certs
 from devcluster import cluster as cluster_module
-from service import bundle, names
-from service.api import create_app
-from service.config import TEMPLATES_OF_MODE, Settings
+from service import bundle
+from service.core import names
+from service.core.config import TEMPLATES_OF_MODE, Settings
+from service.http import create_app
 from service.kube import Kube, load_api_client
 from service.store import Store, keda_keys
 from service.worker import Worker
@@ -148,7 +149,7 @@ class Session:
 
     def to_zero(self) -> None:
         """Idle, then at 0 with its pod gone: KEDA's doing, as after IDLE_TIMEOUT."""
-        self.stack.store.clear_activity(self.id)
+        self.stack.store.records.clear_activity(self.id)
         wait_until(lambda: self.replicas() == 0 and not self.pods(), timeout=120,
               what="KEDA scaling the idle session to 0", interval=0.2)
 
@@ -161,8 +162,8 @@ class Session:
         return began
 
     def _replied(self) -> bool:
-        messages, _ = self.stack.store.list_messages(self.id, after=self.count - 1, limit=1,
-                                                     max_kept=1000)
+        messages, _ = self.stack.store.messages.list_messages(
+            self.id, after=self.count - 1, limit=1, max_kept=1000)
         return bool(messages) and messages[0].get("state") == "delivered"
 
     def chat_to_reply(self) -> float:

@@ -227,12 +227,12 @@ class LocalCluster:
         raise LocalServiceError(f"node {node.NODE_NAME} not Ready after {timeout}s: {last}")
 
     def _start_keda(self) -> None:
-        from service.kube import Kube, load_api_client
+        from service.kube import ClusterSetup, Kube, load_api_client
 
         admin = Kube(load_api_client(str(self.kubeconfig)), keda.NAMESPACE)
         try:
-            admin.install_crds(paths.keda_crds())
-            admin.ensure_namespace(keda.NAMESPACE)
+            ClusterSetup(admin).install_crds(paths.keda_crds())
+            ClusterSetup(admin).ensure_namespace(keda.NAMESPACE)
         finally:
             admin.close()
         self.keda = keda.Keda(self.run_dir, self.spawner, kubeconfig=self.kubeconfig)
@@ -281,14 +281,15 @@ def prepare_sessions_namespace(kubeconfig: Path, namespace: str, *, redis_passwo
                                scaler_tls: Path) -> None:
     """A sessions namespace as KEDA needs it for either scaler mode: the Secret the redis
     triggers' TriggerAuthentication reads and the one the push scaler's mutual TLS reads."""
-    from service.kube import Kube, load_api_client
+    from service.kube import ClusterSetup, Kube, load_api_client
 
     from .certs import scaler_client_secret
 
     kube = Kube(load_api_client(str(kubeconfig)), namespace)
     try:
-        kube.ensure_namespace(namespace)
-        kube.ensure_secret("redis-credentials", {"password": redis_password})
-        kube.ensure_secret("session-manager-scaler-client", scaler_client_secret(scaler_tls))
+        setup = ClusterSetup(kube)
+        setup.ensure_namespace(namespace)
+        setup.ensure_secret("redis-credentials", {"password": redis_password})
+        setup.ensure_secret("session-manager-scaler-client", scaler_client_secret(scaler_tls))
     finally:
         kube.close()

@@ -125,12 +125,12 @@ def _scaler_tls(env: dict[str, str]) -> Path:
 
 def _prepare_namespace(kubeconfig: str, namespace: str) -> None:
     """API only: the sessions namespace and KEDA's CRDs (no KEDA installed them)."""
-    from service.kube import Kube, load_api_client
+    from service.kube import ClusterSetup, Kube, load_api_client
 
     kube = Kube(load_api_client(kubeconfig), namespace)
     try:
-        kube.ensure_namespace(namespace)
-        kube.install_crds(paths.keda_crds())
+        ClusterSetup(kube).ensure_namespace(namespace)
+        ClusterSetup(kube).install_crds(paths.keda_crds())
     finally:
         kube.close()
 

@@ -22,7 +22,7 @@ NAMESPACE = "keda"
 APISERVICE = "v1beta1.external.metrics.k8s.io"
 METRICS_SERVICE = "keda-metrics-apiserver"
 # The operator's API client and concurrency, sized for thousands of ScaledObjects (the tiers
-# bench); a production install with that many sets the same flags (README, "Tiers").
+# bench); a production install with that many sets the same flags (docs/operations.md).
 API_QPS = 100
 API_BURST = 200
 MAX_RECONCILES = 20

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
-    # The API serves under gevent (service.serve says why), whose patching of the standard
+    # The API serves under gevent (service.http.serve says why), whose patching of the standard
     # library must come before anything imports ssl: urllib3 binds ssl's classes at import,
     # and patched later its TLS contexts recurse forever (gevent issue 1016). So in the
     # gunicorn master too, before the start-up checks import the clients.
@@ -18,8 +18,10 @@ if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
 import argparse
 import signal
 import threading
+from pathlib import Path
 
-from .config import ConfigError, Settings
+from service.core import config
+from service.core.config import ConfigError, Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     render = commands.add_parser("render", help="print a session's bundle as YAML")
     render.add_argument("session_id")
-    commands.add_parser("validate", help="render a sample bundle and validate it")
+    validate = commands.add_parser("validate", help="render a sample bundle and validate it")
+    validate.add_argument("--keda-crds", type=Path, required=True, metavar="FILE",
+                          help="KEDA's CRDs as YAML (its release's keda-<v>-crds.yaml; "
+                               "`python -m devcluster keda-crds` prints the dev stack's)")
     commands.add_parser("serve", help="serve the API with gunicorn")
     commands.add_parser("worker", help="deliver messages, watch status, reconcile")
     reapply = commands.add_parser(
@@ -39,16 +44,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        settings = Settings.from_env()
+        settings = config.from_env()
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return 2
     if args.command == "render":
         return _render(settings, args.session_id)
     if args.command == "validate":
-        from .validate import run  # dev dependency: only this command needs it
+        # Dev dependencies (kubernetes-validate): only this command needs them.
+        from service.bundle.validate import load_crds, run
+        from service.store import keda_keys
 
-        return run(settings)
+        if not args.keda_crds.is_file():
+            print(f"error: --keda-crds {args.keda_crds}: no such file", file=sys.stderr)
+            return 2
+        return run(settings, keda_keys, load_crds(args.keda_crds))
     if args.command in ("serve", "worker", "reapply"):
         problem = _start_checks(settings, args.command)
         if problem:
@@ -57,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "reapply":
         return _reapply(settings, args.concurrency or settings.bundle_concurrency, args.force)
     if args.command == "serve":
-        from .serve import serve
+        from service.http.serve import serve
 
         serve(settings)
         return 0
@@ -68,15 +78,16 @@ def _start_checks(settings: Settings, command: str) -> str | None:
     """What must hold before a process acts on sessions: its settings, the templates (they
     render, their KEDA triggers match KEDA_SCALER) and, for the worker, the push scaler's
     TLS. None when all do, else what is wrong."""
-    from .errors import BundleError
-    from .templates import check_templates
+    from service.bundle import check_templates
+    from service.core.errors import BundleError
+    from service.store import keda_keys
 
     try:
         if command == "reapply":
             settings.check()
         else:
             settings.check_serving()
-        check_templates(settings)
+        check_templates(settings, keda_keys)
         if command == "worker" and settings.keda_scaler == "push" \
                 and settings.scaler_tls_dir is None:
             raise ConfigError(
@@ -90,8 +101,8 @@ def _start_checks(settings: Settings, command: str) -> str | None:
 
 
 def _render(settings: Settings, session_id: str) -> int:
-    from . import bundle, store
-    from .errors import BundleError
+    from service import bundle, store
+    from service.core.errors import BundleError
 
     try:
         rendered = bundle.render(session_id, settings, store.keda_keys(session_id))
@@ -106,7 +117,7 @@ def _render(settings: Settings, session_id: str) -> int:
 
 
 def _store(settings: Settings):
-    from .store import Store
+    from service.store import Store
 
     return Store.from_url(
         settings.redis_url, socket_timeout_seconds=settings.redis_socket_timeout_seconds,
@@ -120,10 +131,10 @@ def _reapply(settings: Settings, concurrency: int, force: bool) -> int:
     if this database serves another installation (the check every worker makes)."""
     import json
 
-    from . import logs
-    from .errors import BundleError, SessionManagerError
-    from .kube import Kube
-    from .tiers import Tiers
+    from service.core import logs
+    from service.core.errors import BundleError, SessionManagerError
+    from service.kube import Kube
+    from service.sessions import Tiers
 
     logs.configure(settings.log_level)
     if not 1 <= concurrency <= 64:
@@ -131,7 +142,7 @@ def _reapply(settings: Settings, concurrency: int, force: bool) -> int:
         return 2
     try:
         store = _store(settings)
-        conflict = store.installation_conflict(settings.namespace)
+        conflict = store.coordination.installation_conflict(settings.namespace)
         if conflict:
             print(f"configuration error: {conflict}", file=sys.stderr)
             return 2
@@ -145,15 +156,15 @@ def _reapply(settings: Settings, concurrency: int, force: bool) -> int:
 
 
 def _worker(settings: Settings) -> int:
-    from . import logs
-    from .errors import SessionManagerError
-    from .kube import Kube
-    from .worker import Worker
+    from service.core import logs
+    from service.core.errors import SessionManagerError
+    from service.kube import Kube
+    from service.worker import Worker
 
     logs.configure(settings.log_level)
     store = _store(settings)
     try:
-        conflict = store.installation_conflict(settings.namespace)
+        conflict = store.coordination.installation_conflict(settings.namespace)
     except SessionManagerError:
         conflict = None  # Redis is away: each leader's term checks again
     if conflict:

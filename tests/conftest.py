@@ -21,14 +21,20 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from hypothesis import settings as hypothesis_settings
 
 from devcluster import apiserver as local
 from devcluster import paths
 from service import store as store_module
-from service.api import create_app
-from service.config import REPO_ROOT, Settings
-from service.kube import Kube, load_api_client
+from service.core.config import REPO_ROOT, Settings
+from service.http import create_app
+from service.kube import ClusterSetup, Kube, load_api_client
 from service.worker import Worker
+
+# Hypothesis keeps no example database in the work tree: the runs are derandomized, so a
+# failure is found again by the same run.
+hypothesis_settings.register_profile("repo", database=None)
+hypothesis_settings.load_profile("repo")
 
 API_KEY = "test-api-key-0123456789abcdef"
 _namespaces = itertools.count(1)
@@ -39,7 +45,7 @@ def apiserver(tmp_path_factory: pytest.TempPathFactory) -> local.KubeApiServer:
     server = local.KubeApiServer(tmp_path_factory.mktemp("apiserver")).start()
     try:
         admin = Kube(load_api_client(str(server.kubeconfig)), "default")
-        admin.install_crds(paths.keda_crds())
+        ClusterSetup(admin).install_crds(paths.keda_crds())
         admin.close()
         yield server
     finally:
@@ -67,7 +73,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> local.RedisServer:
 def namespace(apiserver: local.KubeApiServer) -> str:
     name = f"t{os.getpid()}-{next(_namespaces)}"
     admin = Kube(load_api_client(str(apiserver.kubeconfig)), name)
-    admin.ensure_namespace(name)
+    ClusterSetup(admin).ensure_namespace(name)
     admin.close()
     return name
 
@@ -239,7 +245,7 @@ class SessionApi:
         return response.get_json()
 
     def close(self) -> None:
-        self.app.extensions["session_manager"]["store"].redis.close()
+        self.app.extensions["session_manager"].store.redis.close()
 
 
 @pytest.fixture
@@ -403,7 +409,7 @@ def worker_process(apiserver, tmp_path: Path, scaler_certs: Path, store):
 def watching_status(worker: Worker) -> Iterator[None]:
     """Run the worker's real Deployment + Pod watch (the status tracker) for the block."""
     term_over = threading.Event()
-    thread = threading.Thread(target=worker.watch_status, args=(term_over,), daemon=True)
+    thread = threading.Thread(target=worker.status_watch.run, args=(term_over,), daemon=True)
     thread.start()
     try:
         yield

@@ -5,7 +5,7 @@ Each check takes the objects as `Deployed` and fails with an assertion naming th
 Every object is validated strictly (unknown fields are errors): built-in kinds against the
 newest Kubernetes the installed kubernetes-validate knows, custom resources (KEDA's,
 cert-manager's) against their CRDs; a kind with no schema at all fails too. The Role must
-grant exactly what service/kube.py uses, and the pods must pass the restricted Pod Security
+grant exactly what service.kube uses, and the pods must pass the restricted Pod Security
 Standard's rules that can be checked statically.
 """
 
@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from devcluster import paths
-from service import bundle, kube, store, validate
-from service.config import Settings
+from service import bundle, kube, store
+from service.bundle import validate
+from service.core import config
+from service.core.config import Settings
 
 SESSION_ID = "s" + "a" * 16
 # Dummy secret values for reading a ConfigMap as settings: never deployed anywhere.
@@ -332,7 +334,7 @@ def settings_of(deployed: Deployed, *, templates_dir: Path | None = None,
     if "TEMPLATES_DIR" in env:
         assert templates_dir is not None, "TEMPLATES_DIR is mounted: give the files"
         env["TEMPLATES_DIR"] = str(templates_dir)
-    settings = Settings.from_env(env)
+    settings = config.from_env(env)
     settings.check_serving()
     return settings
 

@@ -9,11 +9,14 @@ import logging
 import pytest
 from kubernetes import client as k8s
 
-from service import bundle, logs, names
+from service import bundle
 from service import store as store_module
-from service.api import create_app
-from service.status import StatusTracker
-from service.transitions import Actor
+from service.core import logs, names
+from service.core.clock import utc_now
+from service.core.transitions import Actor
+from service.http import create_app
+from service.store import keys as store_keys
+from service.worker.status_watch import StatusTracker
 from tests.conftest import API_KEY, mark_deployment_ready
 
 KEY = {"X-API-Key": API_KEY}
@@ -52,7 +55,7 @@ def session_objects(kube, session_id):
 
 
 def kube_settings(kube):
-    from service.config import Settings
+    from service.core.config import Settings
 
     return Settings(auth_disabled=True, namespace=kube.namespace)
 
@@ -84,7 +87,7 @@ def test_idempotency_key_makes_a_retried_create_return_the_same_session(client, 
     first = create(client, **{"Idempotency-Key": "retry-1"})
     second = create(client, **{"Idempotency-Key": "retry-1"})
     assert second == first
-    assert store.counts()["total"] == 1
+    assert store.index.counts()["total"] == 1
     different = client.post("/session/create", json={"user_id": "someone-else"},
                             headers={**KEY, "Idempotency-Key": "retry-1"})
     assert different.status_code == 409
@@ -99,7 +102,7 @@ def test_chat_queues_without_a_ready_pod_and_is_processed_by_a_ready_one(
     assert queued.status_code == 202
     assert queued.json["status"] == "queued"
     assert queued.json["message"] == "Pod is waking up, message queued"
-    assert store.redis.llen(store_module.queue_key(sid)) == 1
+    assert store.redis.llen(store_keys.queue_key(sid)) == 1
     # What every scaler reads: the message is work until it is settled.
     assert store.redis.smembers(store_module.work_key(sid)) == {"active", "m:1"}
     assert store.redis.ttl(store_module.work_key(sid)) == -1  # no TTL while work is pending
@@ -201,9 +204,9 @@ def test_metrics_and_sessions_count_a_mix_of_creates_sleeps_and_deletes(client, 
 def test_sessions_pages_through_every_session_exactly_once(client, store):
     created = set()
     for i in range(23):
-        sid = store.reserve_id()
-        store.create_session(sid, user_id=f"u{i}", token_hash="x" * 64,
-                             now=store_module.utc_now())
+        sid = store.records.reserve_id()
+        store.records.create_session(sid, user_id=f"u{i}", token_hash="x" * 64,
+                             now=utc_now())
         created.add(sid)
     seen: list[str] = []
     cursor = None
@@ -248,7 +251,7 @@ def test_unknown_and_malformed_ids_are_404_without_touching_redis(client, store)
 ])
 def test_bad_user_id_is_400_and_creates_nothing(client, store, body, status):
     assert_error(client.post("/session/create", json=body, headers=KEY), status)
-    assert store.counts()["total"] == 0
+    assert store.index.counts()["total"] == 0
 
 
 def test_body_and_media_type_errors(client, store, settings):
@@ -265,7 +268,7 @@ def test_body_and_media_type_errors(client, store, settings):
                              content_type="application/json", headers=KEY), 400)
     assert_error(client.post(f"/session/{sid}/chat", json={"message": "x", "message_id": "a b"},
                              headers=KEY), 400)
-    assert store.queue_length(sid) == 0
+    assert store.messages.queue_length(sid) == 0
 
 
 def test_bodies_the_json_parser_chokes_on_are_400_and_store_nothing(client, store):
@@ -294,7 +297,7 @@ def test_a_message_id_reused_for_another_text_is_409_and_the_first_is_kept(clien
                              headers=KEY), 409, "conflict")
     messages = client.get(f"/session/{sid}/messages", headers=KEY).get_json()["messages"]
     assert [(m["message_id"], m["message"]) for m in messages] == [("m-1", "one")]
-    assert store.queue_length(sid) == 1
+    assert store.messages.queue_length(sid) == 1
 
 
 def test_create_without_the_sessions_namespace_is_503_not_ready_and_stores_nothing(
@@ -309,7 +312,7 @@ def test_create_without_the_sessions_namespace_is_503_not_ready_and_stores_nothi
                      "kubernetes_not_ready")
     finally:
         kube.close()
-    assert store.counts()["total"] == 0 and not store.redis.keys("sm:s:*")
+    assert store.index.counts()["total"] == 0 and not store.redis.keys("sm:s:*")
 
 
 def test_rbac_short_of_what_the_code_needs_is_503_forbidden_not_500(settings, store,
@@ -329,7 +332,7 @@ def test_rbac_short_of_what_the_code_needs_is_503_forbidden_not_500(settings, st
         assert_error(client.delete(f"/session/{sid}", headers=KEY), 503, "kubernetes_forbidden")
     finally:
         denied.close()
-    assert store.counts()["total"] == 1  # only the first session; the refused create left none
+    assert store.index.counts()["total"] == 1  # only the first one; the refused create left none
     assert session_objects(kube, sid)  # and the refused delete took nothing away
 
 
@@ -360,9 +363,9 @@ def test_credentials(client, store):
     assert_error(client.get("/sessions", headers=token), 403)
     assert_error(client.post("/session/create", json={"user_id": "x"}, headers=token), 403)
     assert_error(client.get(f"/session/{mine['uuid']}/status"), 401)
-    assert store.get_session(other["uuid"]) is not None
+    assert store.records.get_session(other["uuid"]) is not None
     # Only a hash of the token is stored.
-    assert mine["session_token"] not in json.dumps(store.get_session(mine["uuid"]))
+    assert mine["session_token"] not in json.dumps(store.records.get_session(mine["uuid"]))
 
 
 def test_several_api_keys_for_rotation(settings, store, kube):
@@ -375,7 +378,7 @@ def test_several_api_keys_for_rotation(settings, store, kube):
 
 def test_chat_on_a_terminating_session_is_409(client, store):
     sid = create(client)["uuid"]
-    store.set_status(sid, "terminating", actor=Actor.DELETE)
+    store.records.set_status(sid, "terminating", actor=Actor.DELETE)
     assert_error(client.post(f"/session/{sid}/chat", json={"message": "x"}, headers=KEY), 409)
 
 
@@ -389,7 +392,7 @@ def test_backlog_cap_answers_429(settings, store, kube):
     refused = client.post(f"/session/{sid}/chat", json={"message": "one too many"}, headers=KEY)
     assert_error(refused, 429, "backlog_full")
     assert refused.headers["Retry-After"]
-    assert store.queue_length(sid) == 3
+    assert store.messages.queue_length(sid) == 3
 
 
 # -- rate limits ---------------------------------------------------------------------------
@@ -459,7 +462,7 @@ def test_redis_outage_is_503_with_livez_up_and_recovers_without_restart(client, 
         redis_server.start()
     assert client.get("/health").status_code == 200
     after = client.get(f"/session/{sid}/status", headers=KEY)
-    assert after.status_code == 200, (after.json, store.redis.hgetall(store_module.record_key(sid)))
+    assert after.status_code == 200, (after.json, store.redis.hgetall(store_keys.record_key(sid)))
     assert create(client)["uuid"]
 
 

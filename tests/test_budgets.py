@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from service import store as store_module
+from service.store import keys as store_keys
 
 from .conftest import mark_deployment_ready, wait_for, watching_status
 
@@ -16,7 +16,7 @@ SMALL = {"max_message_chars": 5000, "max_reply_bytes": 4096, "max_session_bytes"
 
 def kept_bytes(store, session_id: str) -> int:
     """What the conversation really holds in Redis (every message and reply)."""
-    key = store_module._messages_key(session_id)
+    key = store_keys._messages_key(session_id)
     return sum(store.redis.hstrlen(key, field) for field in store.redis.hkeys(key))
 
 
@@ -49,7 +49,7 @@ def test_a_conversation_keeps_within_its_byte_budget_and_never_drops_undelivered
     worker = make_worker(settings)
     make_running(api, kube, worker, session_id)
     worker.deliver_due()
-    wait_for(lambda: not worker._draining and store.due_sessions() == [], timeout=30,
+    wait_for(lambda: not worker._draining and store.messages.due_sessions() == [], timeout=30,
              what="the deliveries")
     # Every admitted message was delivered (the oldest settled ones made room for replies).
     assert set(m["message_id"] for m in api.messages(session_id)) <= {
@@ -77,7 +77,7 @@ def test_a_reply_past_max_reply_bytes_fails_its_message_at_once(
     assert "MAX_REPLY_BYTES" in body["error"]
     [message] = api.messages(session_id)
     assert (message["state"], message["attempts"], message["reply"]) == ("failed", 1, None)
-    assert store.due_sessions() == []  # not retried: a second try would be as large
+    assert store.messages.due_sessions() == []  # not retried: a second try would be as large
     code, body = api.chat(session_id, "small", "next")
     assert (code, body["status"]) == (200, "processed")  # the session goes on
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from service import bundle, names, store
-from service.config import REPO_ROOT, ConfigError, Settings
-from service.errors import BundleError
+from service import bundle, store
+from service.core import config, names
+from service.core.config import REPO_ROOT, ConfigError, Settings
+from service.core.errors import BundleError
 
 SESSION = "s" + "abcdefgh234567ab"
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -134,7 +135,7 @@ def test_redis_trigger_set_wakes_on_one_message_of_work_with_one_trigger(setting
 def test_keda_reads_the_redis_the_service_uses(env, expected):
     """Database, TLS and user come from the one Redis setting: KEDA cannot poll db 0 of
     another host while the service writes db 2."""
-    settings = Settings.from_env({**env, "KEDA_SCALER": "redis"})
+    settings = config.from_env({**env, "KEDA_SCALER": "redis"})
     metadata = by_kind(render(settings))["ScaledObject"]["spec"]["triggers"][0]["metadata"]
     assert {k: v for k, v in metadata.items() if k in (
         "host", "port", "databaseIndex", "enableTLS", "username")} == expected
@@ -142,8 +143,8 @@ def test_keda_reads_the_redis_the_service_uses(env, expected):
 
 def test_a_unix_socket_redis_needs_an_address_for_keda():
     with pytest.raises(ConfigError, match="KEDA_REDIS_HOST"):
-        Settings.from_env({"REDIS_URL": "unix:///run/redis.sock", "KEDA_SCALER": "redis"})
-    settings = Settings.from_env({"REDIS_URL": "unix:///run/redis.sock", "KEDA_SCALER": "redis",
+        config.from_env({"REDIS_URL": "unix:///run/redis.sock", "KEDA_SCALER": "redis"})
+    settings = config.from_env({"REDIS_URL": "unix:///run/redis.sock", "KEDA_SCALER": "redis",
                                   "KEDA_REDIS_HOST": "redis.svc"})
     assert settings.keda_redis_host == "redis.svc"
 
@@ -156,15 +157,16 @@ def test_trigger_authentication_reads_the_redis_secret(settings):
 
 
 def test_templates_that_do_not_match_the_scaler_mode_refuse_to_start(settings):
-    from service.config import ConfigError
-    from service.templates import check_templates
+    from service.bundle import check_templates
+    from service.core.config import ConfigError
 
-    check_templates(settings)
-    check_templates(settings.replace(**REDIS_MODE))
+    check_templates(settings, store.keda_keys)
+    check_templates(settings.replace(**REDIS_MODE), store.keda_keys)
     with pytest.raises(ConfigError, match="KEDA_SCALER=push expects external-push triggers"):
-        check_templates(settings.replace(templates_dir=REPO_ROOT / "templates-redis"))
+        check_templates(settings.replace(templates_dir=REPO_ROOT / "templates-redis"),
+                        store.keda_keys)
     with pytest.raises(ConfigError, match="KEDA_SCALER=redis expects redis triggers"):
-        check_templates(settings.replace(keda_scaler="redis"))
+        check_templates(settings.replace(keda_scaler="redis"), store.keda_keys)
 
 
 def test_settings_flow_into_the_bundle(settings):

@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from devcluster import chart, paths
-from service.config import REPO_ROOT
-from service.config.environment import read_settings
+from service.core.config import REPO_ROOT
+from service.core.config.environment import read_settings
 
 from . import deployed as checks
 

@@ -8,7 +8,8 @@ import sys
 
 import yaml
 
-from service.config import REPO_ROOT
+from devcluster import paths
+from service.core.config import REPO_ROOT
 
 SESSION = "sabcdefgh234567ab"
 
@@ -45,9 +46,12 @@ def test_a_bad_setting_fails_naming_the_variable():
 
 
 def test_validate_passes_on_the_shipped_templates():
-    result = run("validate")
+    paths.keda_crds()  # built if missing
+    result = run("validate", "--keda-crds", str(paths.KEDA_CRDS))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
+    result = run("validate", "--keda-crds", "/nonexistent.yaml")
+    assert result.returncode == 2 and "no such file" in result.stderr
 
 
 def test_serve_refuses_to_start_without_api_keys():

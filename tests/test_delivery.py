@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from service.transitions import Actor
+from service.core.transitions import Actor
 
 from .conftest import (
     WORKER_LEASE_SECONDS,
@@ -153,7 +153,7 @@ def test_two_worker_processes_never_deliver_a_message_twice(
     shares = [worker.delivered() for worker in workers]
     assert sum(shares) == sessions * per_session
     assert min(shares) > 0, shares  # both really delivered
-    assert store.due_sessions() == []
+    assert store.messages.due_sessions() == []
 
 
 def test_a_message_that_keeps_failing_ends_failed_and_does_not_block_the_next(
@@ -190,21 +190,22 @@ def test_a_late_attempt_cannot_undo_a_newer_outcome(settings, store, make_api):
     api = make_api(settings)
     session_id = api.create()
     assert api.chat(session_id, "slow one", "m-1")[0] == 202
-    store.set_status(session_id, "running", actor=Actor.WATCH)  # what the watch writes
-    late = store.claim_delivery(session_id, lease_seconds=1, max_attempts=5)
+    store.records.set_status(session_id, "running", actor=Actor.WATCH)  # what the watch writes
+    late = store.messages.claim_delivery(session_id, lease_seconds=1, max_attempts=5)
     current = wait_for(
-        lambda: store.claim_delivery(session_id, lease_seconds=30, max_attempts=5),
+        lambda: store.messages.claim_delivery(session_id, lease_seconds=30, max_attempts=5),
         timeout=3, what="the lease to lapse")
     assert current["message"]["attempts"] == 2
 
     def finish(claim: dict, delivered: bool, outcome: str) -> dict:
-        return store.finish_delivery(
+        return store.messages.finish_delivery(
             session_id, envelope=claim["envelope"], lease_token=claim["lease_token"],
             delivered=delivered, reply_or_error=outcome, max_attempts=2, retry_in_seconds=0)
 
     # The late attempt fails while the current one is still out: the current one decides.
     assert finish(late, False, "pod unreachable")["state"] == "delivering"
-    assert store.claim_delivery(session_id, lease_seconds=30, max_attempts=5) is None  # still held
+    # Still held:
+    assert store.messages.claim_delivery(session_id, lease_seconds=30, max_attempts=5) is None
     assert finish(current, True, json.dumps({"reply": "done"}))["state"] == "delivered"
     # ...and a failure of it arriving after the delivery changes nothing either.
     assert finish(late, False, "pod unreachable")["state"] == "delivered"
@@ -212,6 +213,6 @@ def test_a_late_attempt_cannot_undo_a_newer_outcome(settings, store, make_api):
     [message] = api.messages(session_id)
     assert (message["state"], message["reply"], message.get("error")) == (
         "delivered", {"reply": "done"}, None)
-    assert store.queue_length(session_id) == 0
-    assert store.due_sessions() == []
-    assert store.claim_delivery(session_id, lease_seconds=30, max_attempts=5) is None
+    assert store.messages.queue_length(session_id) == 0
+    assert store.messages.due_sessions() == []
+    assert store.messages.claim_delivery(session_id, lease_seconds=30, max_attempts=5) is None

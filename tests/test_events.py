@@ -13,11 +13,12 @@ import time
 import pytest
 import requests
 
-from service import sse
 from service import store as store_module
-from service.events import EventStreams
-from service.notices import Notices
-from service.transitions import Actor
+from service.core import sse
+from service.core.clock import utc_now
+from service.core.transitions import Actor
+from service.http.event_stream import EventStreams
+from service.sessions.notices import Notices
 
 from .conftest import API_KEY, mark_deployment_ready, wait_for
 
@@ -381,8 +382,8 @@ def test_a_live_stream_that_falls_behind_the_trim_says_gap_and_goes_on(settings,
         session_ttl_seconds=settings.session_ttl_seconds,
         activity_ttl_seconds=settings.activity_ttl_seconds, events_kept=10)
     session_id = "s" + "b" * 16
-    short_log.create_session(session_id, user_id="u", token_hash="x",
-                             now=store_module.utc_now())
+    short_log.records.create_session(session_id, user_id="u", token_hash="x",
+                             now=utc_now())
     notices = Notices(short_log)
     streams = EventStreams(settings, short_log, notices)
     stream = streams.open(session_id, None)
@@ -391,7 +392,7 @@ def test_a_live_stream_that_falls_behind_the_trim_says_gap_and_goes_on(settings,
         assert next(frames).startswith(b"retry:")
         assert b"event: status" in next(frames)  # the snapshot; the client then lags
         for n in range(15):  # 15 status events; the log keeps about 10
-            short_log.set_status(session_id, "running" if n % 2 else "sleeping",
+            short_log.records.set_status(session_id, "running" if n % 2 else "sleeping",
                                  actor=Actor.WATCH, replicas=n % 2, ready_replicas=n % 2)
         gap = next(frames)
         assert b"event: gap" in gap, gap

@@ -13,14 +13,17 @@ import pytest
 import requests
 
 from devcluster.processes import free_port
-from service import bundle, names
+from service import bundle
 from service import store as store_module
-from service.api import create_app
+from service.core import names
+from service.core.transitions import Actor
+from service.http import create_app
+from service.http.readiness import WORKER_SILENT_SECONDS
 from service.kube import WATCH_READ_MARGIN_SECONDS
-from service.readiness import WORKER_SILENT_SECONDS
-from service.reconciler import Reconciler
-from service.transitions import Actor
-from service.worker import WATCH_TIMEOUT_SECONDS
+from service.store import keys as store_keys
+from service.worker import Worker
+from service.worker.reconciler import Reconciler
+from service.worker.runner import WATCH_TIMEOUT_SECONDS
 from tests.conftest import (
     API_KEY,
     kube_through,
@@ -83,7 +86,7 @@ def test_redis_at_maxmemory_is_503_out_of_memory_writes_nothing_and_recovers(cli
     assert client.post(f"/session/{sid}/chat", json={"message": "after"},
                        headers=KEY).status_code == 202
     assert conversation(client, sid) == ["before", "after"]
-    assert store.counts()["total"] == 1
+    assert store.index.counts()["total"] == 1
 
 
 def test_a_read_only_redis_is_503_read_only_and_recovers(client, store):
@@ -104,18 +107,18 @@ def test_a_read_only_redis_is_503_read_only_and_recovers(client, store):
 
 def test_health_tells_whether_a_worker_is_delivering(client, store):
     assert client.get("/health").json["workers"] == {"status": "none", "live": 0}
-    store.report_worker("w-1", [])
+    store.coordination.report_worker("w-1", [])
     body = client.get("/health").json
     assert body["workers"] == {"status": "healthy", "live": 1}
     assert body["status"] == "healthy"
-    store.report_worker("w-2", ["delivery"])
+    store.coordination.report_worker("w-2", ["delivery"])
     body = client.get("/health").json
     assert (body["status"], body["workers"]["status"]) == ("degraded", "stalled")
     assert body["workers"]["stalled_loops"] == ["delivery"]
     # Reports that stopped coming: the worker is gone or wedged before its own report.
     old = time.time() - WORKER_SILENT_SECONDS - 1
     for worker in ("w-1", "w-2"):
-        store.redis.hset(store_module.WORKER_REPORTS, worker,
+        store.redis.hset(store_keys.WORKER_REPORTS, worker,
                          f'{{"at": {old}, "stalled": []}}')
     body = client.get("/health").json
     assert body["workers"]["status"] == "none" and body["status"] == "degraded"
@@ -155,7 +158,7 @@ def test_the_api_server_going_away_during_creates_and_deletes_leaves_nothing_uno
         proxy.refuse()
         _assert_error(client.post("/session/create", json={"user_id": "u"}, headers=KEY), 503,
                      "kubernetes_unavailable")
-        assert store.counts()["total"] == 1
+        assert store.index.counts()["total"] == 1
         _assert_error(client.delete(f"/session/{first}", headers=KEY), 503,
                      "kubernetes_unavailable")
         # Chats now wait for the delete to finish; nothing half-deleted serves.
@@ -180,7 +183,7 @@ def test_the_api_server_going_away_during_creates_and_deletes_leaves_nothing_uno
     # With the server back, one reconciler pass leaves no object without a record.
     Reconciler(settings.replace(reconcile_grace_seconds=0), store, kube).run_once()
     owners = objects_by_session(kube, settings)
-    records = {sid for page in store.iter_id_pages() for sid in page}
+    records = {sid for page in store.index.iter_id_pages() for sid in page}
     assert set(owners) == records, (owners, records)
     assert answers.count(201) == len(records)
     print(f"creates cut by the API server going away: {answers}; records {len(records)}, "
@@ -195,22 +198,21 @@ def test_a_watch_that_goes_silent_is_given_up_and_status_catches_up(
     it, and once the path is back the status follows the cluster again."""
     session_id = make_api(settings).create()
     through = kube_through(proxy, apiserver, settings.namespace)
-    worker = make_worker(settings)
-    worker.kube = through
-    worker.tracker.store = store
+    worker = Worker(settings, store, through, watch_timeout_seconds=1)  # watching through it
     try:
         with watching_status(worker):
             time.sleep(1)  # the watch is open
             proxy.silent()
             mark_deployment_ready(kube, session_id)  # an event the silent path holds back
             time.sleep(3)
-            assert store.get_session(session_id)["status"] != "running"
+            assert store.records.get_session(session_id)["status"] != "running"
             proxy.forward()  # new connections pass; the held one stays stuck
-            wait_for(lambda: store.get_session(session_id)["status"] == "running",
+            wait_for(lambda: store.records.get_session(session_id)["status"] == "running",
                      timeout=WATCH_TIMEOUT_SECONDS + WATCH_READ_MARGIN_SECONDS + 15,
                      what="the status after the watch gave up")
     finally:
         proxy.forward()
+        worker.delivery_pool.shutdown(wait=False)
         through.close()
         gc.collect()  # the reset connections' sockets warn now, under this test's filter
 
@@ -234,8 +236,8 @@ def test_redis_restarted_mid_traffic_loses_nothing_and_needs_no_restart(
     with watching_status(make_worker(settings)):
         for session_id in session_ids:
             mark_deployment_ready(kube, session_id)
-        wait_for(lambda: all(store.get_session(s)["status"] == "running" for s in session_ids),
-                 timeout=15, what="running")
+        wait_for(lambda: all(store.records.get_session(s)["status"] == "running"
+                             for s in session_ids), timeout=15, what="running")
     worker = worker_process(settings, "w", REDIS_SOCKET_TIMEOUT_SECONDS="1")
     answers: list[tuple[str, int, str]] = []  # (message_id, status, code)
     stop = threading.Event()
@@ -301,17 +303,18 @@ def test_writes_racing_a_delete_do_not_bring_back_a_record(client, store):
     sid = create(client)
     assert client.post(f"/session/{sid}/chat", json={"message": "x"},
                        headers=KEY).status_code == 202
-    claim = store.claim_delivery(sid, lease_seconds=30, max_attempts=5)
-    store.delete_session(sid)
-    store.sleep(sid)
-    store.repair_paused(sid, True)
-    store.resume(sid, touch=True)
-    store.set_status(sid, "running", actor=Actor.WATCH, replicas=1, ready_replicas=1)
-    store.touch(sid)
+    claim = store.messages.claim_delivery(sid, lease_seconds=30, max_attempts=5)
+    store.records.delete_session(sid)
+    store.records.sleep(sid)
+    store.records.repair_paused(sid, True)
+    store.records.resume(sid, touch=True)
+    store.records.set_status(sid, "running", actor=Actor.WATCH, replicas=1, ready_replicas=1)
+    store.records.touch(sid)
     if claim is not None:
-        store.finish_delivery(sid, envelope=claim["envelope"], lease_token=claim["lease_token"],
-                              delivered=True, reply_or_error='{"reply": "late"}',
-                              max_attempts=5, retry_in_seconds=0)
+        store.messages.finish_delivery(sid, envelope=claim["envelope"],
+                                       lease_token=claim["lease_token"], delivered=True,
+                                       reply_or_error='{"reply": "late"}', max_attempts=5,
+                                       retry_in_seconds=0)
     leftovers = [key for key in store.redis.keys("sm:*") if sid in key]
     assert leftovers == []
     response = client.get(f"/session/{sid}/status", headers=KEY)

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from service.api import create_app, parse_json_object
-from service.errors import InvalidField
+from service.core.errors import InvalidField
+from service.http import create_app, parse_json_object
 from tests.conftest import API_KEY
 
 KEY = {"X-API-Key": API_KEY}
@@ -79,11 +79,11 @@ def test_create_never_answers_500_and_a_refusal_creates_nothing(settings, store,
         headers["Idempotency-Key"] = key
     if auth is not None:
         headers["Authorization"] = auth
-    before = store.counts()["total"]
+    before = store.index.counts()["total"]
     response = client.post("/session/create", json=body, headers=headers)
     assert_clean(response)
     if response.status_code != 201:
-        assert store.counts()["total"] == before
+        assert store.index.counts()["total"] == before
 
 
 _apps: dict = {}

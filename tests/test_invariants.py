@@ -33,15 +33,17 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from service import bundle, names
-from service.errors import SessionManagerError
+from service import bundle
+from service.bundle import template_kinds
+from service.core import names
+from service.core.errors import SessionManagerError
+from service.core.transitions import STATUSES
 from service.kube import state_of_deployment
-from service.reconciler import Reconciler
 from service.sessions import Sessions
-from service.status import StatusTracker, derive_status
-from service.templates import template_kinds
-from service.transitions import STATUSES
+from service.store import keda_keys
 from service.worker import Worker
+from service.worker.reconciler import Reconciler
+from service.worker.status_watch import StatusTracker, derive_status
 
 MACHINE = hypothesis_settings(max_examples=40, stateful_step_count=40, deadline=None,
                               derandomize=True,
@@ -77,7 +79,7 @@ def test_no_interleaving_breaks_the_invariants(settings, store, kube, demo_agent
     settings = settings.replace(pod_url_template=demo_agent.url, archive_after_seconds=3600,
                                 failed_session_grace_seconds=0, reconcile_grace_seconds=0,
                                 delivery_backoff_seconds=0)
-    kinds = template_kinds(settings)
+    kinds = template_kinds(settings, keda_keys)
 
     class Interleavings(RuleBasedStateMachine):
         sessions = Bundle("sessions")
@@ -111,7 +113,7 @@ def test_no_interleaving_breaks_the_invariants(settings, store, kube, demo_agent
             self.counter += 1
             message_id = f"m-{self.counter}"
             try:
-                result = self.api.chat(session_id, f"message {self.counter}", message_id)
+                result = self.api.chats.chat(session_id, f"message {self.counter}", message_id)
             except SessionManagerError:
                 return  # refused (gone, terminating): nothing admitted
             assert result.status in (200, 202), result.body
@@ -144,25 +146,26 @@ def test_no_interleaving_breaks_the_invariants(settings, store, kube, demo_agent
             seen = deployment(session_id, replicas, int(ready))
             self.watch.on_deployment("MODIFIED", seen)
             self.watch.on_pod("MODIFIED", pod(session_id, ready, waiting))
-            if (store.get_session(session_id) or {}).get("status") not in (None, "archived"):
+            record = store.records.get_session(session_id) or {}
+            if record.get("status") not in (None, "archived"):
                 self.views[session_id] = (seen, waiting, ready)
 
         @rule(session_id=sessions)
         def archive(self, session_id: str) -> None:
             store.redis.zadd("sm:bundled", {session_id: time.time() - 7200}, xx=True)
-            if self.worker.tiers.archive(session_id, time.time() - 3600) == "archived":
+            if self.worker.archiver.archive(session_id, time.time() - 3600) == "archived":
                 self.views.pop(session_id, None)  # its objects are gone, and what was seen
 
         @rule(part=st.sampled_from(["deliver", "reconcile", "restore"]))
         def worker_turn(self, part: str) -> None:
             """One turn of one of the worker's loops."""
             if part == "deliver":
-                for session_id in store.due_sessions(limit=100):
+                for session_id in store.messages.due_sessions(limit=100):
                     self.worker.drain(session_id)
             elif part == "reconcile":
                 self.reconciler.run_once()
             else:
-                for session_id in store.restores_due():
+                for session_id in store.bundles.restores_due():
                     self.worker.tiers.restore(session_id)
 
         # -- what must hold after every step ---------------------------------------------
@@ -170,7 +173,7 @@ def test_no_interleaving_breaks_the_invariants(settings, store, kube, demo_agent
         @invariant()
         def statuses_agree(self) -> None:
             for session_id in self.admitted:
-                record = store.get_session(session_id)
+                record = store.records.get_session(session_id)
                 assert record is not None, session_id
                 status = record["status"]
                 indexed = [s for s in STATUSES
@@ -182,7 +185,7 @@ def test_no_interleaving_breaks_the_invariants(settings, store, kube, demo_agent
         @invariant()
         def the_watchs_last_word_holds(self) -> None:
             for session_id, (seen, waiting, ready) in self.views.items():
-                record = store.get_session(session_id)
+                record = store.records.get_session(session_id)
                 if record is None or record["status"] in ("archived", "terminating") \
                         or record.get("paused") == "1":
                     continue
@@ -193,7 +196,7 @@ def test_no_interleaving_breaks_the_invariants(settings, store, kube, demo_agent
         @invariant()
         def nothing_lost_nothing_settled_twice(self) -> None:
             for session_id, admitted in self.admitted.items():
-                messages, _ = store.list_messages(session_id, after=0, limit=500,
+                messages, _ = store.messages.list_messages(session_id, after=0, limit=500,
                                                   max_kept=settings.max_messages_kept)
                 assert {m["message_id"] for m in messages} == admitted
                 settled = Counter()
@@ -207,11 +210,11 @@ def test_no_interleaving_breaks_the_invariants(settings, store, kube, demo_agent
         @invariant()
         def no_queued_work_is_stuck(self) -> None:
             for session_id in self.admitted:
-                if store.queue_length(session_id) == 0:
+                if store.messages.queue_length(session_id) == 0:
                     continue
-                record = store.get_session(session_id)
+                record = store.records.get_session(session_id)
                 status, paused = record["status"], record.get("paused") == "1"
-                work = store.work([session_id])[session_id]
+                work = store.records.work([session_id])[session_id]
                 if status == "running":
                     assert store.redis.zscore("sm:pending", session_id) is not None \
                         or store.redis.exists(f"sm:lease:deliver:{session_id}"), record

@@ -11,9 +11,10 @@ import pytest
 from kubernetes import client as k8s
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import bundle, names, store
-from service.config import REPO_ROOT, Settings
-from service.errors import KubeRejected
+from service import bundle, store
+from service.core import names
+from service.core.config import REPO_ROOT, Settings
+from service.core.errors import KubeRejected
 from service.kube import Kube
 
 

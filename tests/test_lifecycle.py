@@ -8,9 +8,12 @@ import time
 
 from kubernetes import client as k8s
 
-from service import bundle, names
+from service import bundle
 from service.bundle import KindRef
-from service.reconciler import Reconciler
+from service.core import names
+from service.core.clock import utc_now
+from service.store import keys as store_keys
+from service.worker.reconciler import Reconciler
 
 from .conftest import mark_deployment_ready, store_module, wait_for, watching_status
 
@@ -37,7 +40,7 @@ def test_forwarded_chats_keep_the_session_active_for_keda_until_idle(
     [scaled] = kube.list_objects(KindRef("keda.sh/v1alpha1", "ScaledObject"),
                                  bundle.label_selector(session_id))
     assert [t["metadata"]["sessionId"] for t in scaled["spec"]["triggers"]] == [session_id]
-    assert store.work([session_id]) == {session_id: 1}  # new: active for IDLE_TIMEOUT
+    assert store.records.work([session_id]) == {session_id: 1}  # new: active for IDLE_TIMEOUT
     with watching_status(make_worker(settings)):
         mark_deployment_ready(kube, session_id)
         wait_for(lambda: api.status(session_id)["status"] == "running", what="running")
@@ -55,13 +58,13 @@ def test_forwarded_chats_keep_the_session_active_for_keda_until_idle(
         if last_chat - started > settings.activity_ttl_seconds + 1:
             break
         time.sleep(0.7)
-    assert store.work([session_id]) == {session_id: 1}  # still active, past its first TTL
+    assert store.records.work([session_id]) == {session_id: 1}  # still active, past its first TTL
 
     wait_for(lambda: not store.redis.exists(work), timeout=ttl_ms / 1000 + 2,
              interval=0.02, what="the work set to expire")
     idle = time.monotonic() - last_chat
     assert settings.activity_ttl_seconds - 0.5 < idle < settings.activity_ttl_seconds + 0.5
-    assert store.work([session_id]) == {session_id: 0}  # inactive: KEDA may now scale to 0
+    assert store.records.work([session_id]) == {session_id: 0}  # inactive: KEDA may now scale to 0
     assert [m["state"] for m in api.messages(session_id)] == ["delivered"] * chats
 
 
@@ -135,7 +138,7 @@ def test_reconciler_sweeps_orphan_bundles_and_expired_sessions(
     live = make_api(settings).create()
     per_bundle = len(bundle_owners(kube, settings)) // 3
     assert sorted(bundle_owners(kube, settings)) == sorted([orphan, expired, live] * per_bundle)
-    wait_for(lambda: not store.redis.exists(store_module.record_key(expired)), timeout=5,
+    wait_for(lambda: not store.redis.exists(store_keys.record_key(expired)), timeout=5,
              what="the record to expire")
 
     figures = Reconciler(settings, store, kube).run_once()
@@ -143,8 +146,8 @@ def test_reconciler_sweeps_orphan_bundles_and_expired_sessions(
     assert figures == {"expired_swept": 1, "orphans_swept": 1, "records_failed": 0,
                        "deletes_finished": 0, "pauses_repaired": 0, "archives_swept": 0,
                        "messages_failed": 0, "errors": 0}
-    assert store.expired_page(now=time.time(), offset=0, limit=100) == ([], 0)
-    assert store.counts()["total"] == 1  # the expired one is gone from the indexes too
+    assert store.index.expired_page(now=time.time(), offset=0, limit=100) == ([], 0)
+    assert store.index.counts()["total"] == 1  # the expired one is gone from the indexes too
     # The orphan's ScaledObject waits for KEDA to drop its finalizer: being deleted already,
     # it is not an orphan to sweep (and count) again.
     assert keda.get_namespaced_custom_object(*scaled_object)["metadata"]["deletionTimestamp"]
@@ -157,11 +160,11 @@ def test_reconciler_sweeps_orphan_bundles_and_expired_sessions(
 def test_a_relist_forgets_a_failing_pod_deleted_while_no_watch_was_open(store):
     """After a watch gap the tracker is handed the whole current state: a pod that failed and
     was deleted meanwhile must not keep the session `failed`."""
-    from service.status import StatusTracker
+    from service.worker.status_watch import StatusTracker
 
-    session_id = store.reserve_id()
-    store.create_session(session_id, user_id="u", token_hash="x" * 64,
-                         now=store_module.utc_now())
+    session_id = store.records.reserve_id()
+    store.records.create_session(session_id, user_id="u", token_hash="x" * 64,
+                         now=utc_now())
     labels = {names.MANAGED_BY_LABEL: names.MANAGED_BY_VALUE, names.SESSION_LABEL: session_id}
     deployment = {"metadata": {"name": names.object_name(session_id), "labels": labels},
                   "spec": {"replicas": 1}, "status": {}}
@@ -169,26 +172,26 @@ def test_a_relist_forgets_a_failing_pod_deleted_while_no_watch_was_open(store):
         "containerStatuses": [{"state": {"waiting": {"reason": "ErrImagePull"}}}]}}
     tracker = StatusTracker(store)
     tracker.on_deployment("RELIST", {"items": [deployment]})
-    assert store.get_session(session_id)["status"] == "waking"
+    assert store.records.get_session(session_id)["status"] == "waking"
     tracker.on_pod("RELIST", {"items": [failing_pod]})
-    assert store.get_session(session_id)["reason"] == "ErrImagePull"
+    assert store.records.get_session(session_id)["reason"] == "ErrImagePull"
     tracker.on_pod("RELIST", {"items": []})  # deleted during the gap: no DELETED event came
-    record = store.get_session(session_id)
+    record = store.records.get_session(session_id)
     assert (record["status"], record["reason"]) == ("waking", "")
     tracker.on_deployment("RELIST", {"items": []})  # Deployment gone too: forgotten
     tracker.on_pod("MODIFIED", failing_pod)
-    assert store.get_session(session_id)["status"] == "waking"  # nothing to publish against
+    assert store.records.get_session(session_id)["status"] == "waking"  # nothing to publish against
 
 
 def test_a_deployment_still_counting_a_terminating_pod_is_not_running(store):
     """Sleep then wake in quick succession: the Deployment can report the old, terminating pod
     as ready before its controller catches up. No chat may be sent to that pod: the session
     is `running` only once a Ready pod that stays is known, and the status is current."""
-    from service.status import StatusTracker
+    from service.worker.status_watch import StatusTracker
 
-    session_id = store.reserve_id()
-    store.create_session(session_id, user_id="u", token_hash="x" * 64,
-                         now=store_module.utc_now())
+    session_id = store.records.reserve_id()
+    store.records.create_session(session_id, user_id="u", token_hash="x" * 64,
+                         now=utc_now())
     labels = {names.MANAGED_BY_LABEL: names.MANAGED_BY_VALUE, names.SESSION_LABEL: session_id}
     ready = [{"type": "Ready", "status": "True"}]
     old_pod = {"metadata": {"name": "pod-old", "labels": labels,
@@ -200,13 +203,13 @@ def test_a_deployment_still_counting_a_terminating_pod_is_not_running(store):
     tracker = StatusTracker(store)
     tracker.on_pod("RELIST", {"items": [old_pod]})
     tracker.on_deployment("RELIST", {"items": [stale]})
-    assert store.get_session(session_id)["status"] == "waking"  # status behind the spec
+    assert store.records.get_session(session_id)["status"] == "waking"  # status behind the spec
     caught_up = {**stale, "status": {"observedGeneration": 3, "readyReplicas": 1}}
     tracker.on_deployment("MODIFIED", caught_up)
-    record = store.get_session(session_id)
+    record = store.records.get_session(session_id)
     assert (record["status"], record["pod_ip"]) == ("waking", "")  # only a terminating pod
     new_pod = {"metadata": {"name": "pod-new", "labels": labels},
                "status": {"podIP": "10.0.0.2", "conditions": ready}}
     tracker.on_pod("ADDED", new_pod)
-    record = store.get_session(session_id)
+    record = store.records.get_session(session_id)
     assert (record["status"], record["pod_ip"]) == ("running", "10.0.0.2")

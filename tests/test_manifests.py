@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from service.config import REPO_ROOT, Settings
+from service.core.config import REPO_ROOT, Settings
 
 from . import deployed as checks
 

@@ -16,7 +16,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from service.api import create_app, openapi_description
+from service.http import create_app
+from service.http.admin import openapi_description
 from tests.conftest import API_KEY
 
 KEY = {"X-API-Key": API_KEY}

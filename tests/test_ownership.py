@@ -9,9 +9,10 @@ import time
 
 from kubernetes import client as k8s
 
-from service import bundle, names
-from service.reconciler import Reconciler
-from service.transitions import STATUSES, TRANSITIONS, Actor, lua_table, may_move
+from service import bundle
+from service.core import names
+from service.core.transitions import STATUSES, TRANSITIONS, Actor, lua_table, may_move
+from service.worker.reconciler import Reconciler
 
 from .conftest import mark_deployment_ready, running, wait_for, watching_status
 
@@ -39,10 +40,10 @@ def test_the_table_gives_each_status_its_owners():
 def test_the_store_refuses_a_move_the_table_does_not_allow(settings, store, make_api):
     api = make_api(settings)
     session_id = api.create()
-    assert store.set_status(session_id, "running", actor=Actor.WATCH, replicas=1,
+    assert store.records.set_status(session_id, "running", actor=Actor.WATCH, replicas=1,
                             ready_replicas=1) == ("created", True)
-    assert store.set_status(session_id, "failed", actor=Actor.API) == ("running", False)
-    assert store.get_session(session_id)["status"] == "running"
+    assert store.records.set_status(session_id, "failed", actor=Actor.API) == ("running", False)
+    assert store.records.get_session(session_id)["status"] == "running"
     assert store.redis.zscore("sm:st:running", session_id) is not None
     assert store.redis.zscore("sm:st:failed", session_id) is None
 
@@ -61,13 +62,13 @@ def test_a_wake_never_overwrites_the_running_the_watch_saw_meanwhile(
     api = make_api(settings)
     session_id = api.create()
     worker = make_worker(settings)
-    sessions = api.app.extensions["session_manager"]["sessions"]
+    sessions = api.app.extensions["session_manager"].sessions
     real_set_paused = kube.set_paused
 
     def unpause_while_the_pod_becomes_ready(sid: str, paused: bool) -> bool:
         if not paused:
             mark_deployment_ready(kube, sid)  # KEDA's scale-up lands first...
-            wait_for(lambda: store.get_session(sid)["status"] == "running",
+            wait_for(lambda: store.records.get_session(sid)["status"] == "running",
                      what="the watch's running")  # ...and the watch records it
         return real_set_paused(sid, paused)
 
@@ -88,14 +89,14 @@ def test_a_wake_racing_the_archiver_brings_the_session_back(
     settings = settings.replace(**ARCHIVING)
     api, worker = make_api(settings), make_worker(settings)
     session_id = api.create()
-    sessions = api.app.extensions["session_manager"]["sessions"]
+    sessions = api.app.extensions["session_manager"].sessions
     assert api.client.post(f"/session/{session_id}/sleep", headers=api.headers).status_code \
         == 200
     real_set_paused = kube.set_paused
 
     def archived_meanwhile(sid: str, paused: bool) -> bool:
         store.redis.zadd("sm:bundled", {sid: time.time() - 7200})  # idle long enough
-        assert worker.tiers.archive(sid, time.time() - 3600) == "archived"
+        assert worker.archiver.archive(sid, time.time() - 3600) == "archived"
         return real_set_paused(sid, paused)
 
     monkeypatch.setattr(sessions.kube, "set_paused", archived_meanwhile)
@@ -116,22 +117,22 @@ def test_a_sleep_racing_the_archiver_leaves_no_pause_behind(
     settings = settings.replace(**ARCHIVING)
     api, worker = make_api(settings), make_worker(settings)
     session_id = api.create()
-    sessions = api.app.extensions["session_manager"]["sessions"]
+    sessions = api.app.extensions["session_manager"].sessions
     real_set_paused = kube.set_paused
 
     def archived_meanwhile(sid: str, paused: bool) -> bool:
         store.redis.zadd("sm:bundled", {sid: time.time() - 7200})
-        assert worker.tiers.archive(sid, time.time() - 3600) == "archived"
+        assert worker.archiver.archive(sid, time.time() - 3600) == "archived"
         return real_set_paused(sid, paused)
 
     monkeypatch.setattr(sessions.kube, "set_paused", archived_meanwhile)
     response = api.client.post(f"/session/{session_id}/sleep", headers=api.headers)
     assert (response.status_code, response.get_json()["status"]) == (200, "archived")
-    assert store.get_session(session_id)["paused"] == "0"
+    assert store.records.get_session(session_id)["paused"] == "0"
     monkeypatch.undo()
     assert api.chat(session_id, "back?", "m-1")[0] == 202  # restores it
     assert api.status(session_id)["status"] == "waking"
-    assert store.work([session_id]) == {session_id: 2}  # the message and the activity: active
+    assert store.records.work([session_id]) == {session_id: 2}  # the message and the activity
 
 
 def crash_looping(kube, session_id: str, reason: str = "CrashLoopBackOff") -> None:
@@ -169,7 +170,13 @@ def test_a_session_that_stays_failed_fails_its_queued_chats_and_lets_its_pod_go(
         assert all("CrashLoopBackOff" in m["error"] for m in messages)
         work = store.redis.smembers(f"sm:w:{session_id}")
         assert not [member for member in work if member.startswith("m:")]  # the pod may go
-        assert store.queue_length(session_id) == 0
+        assert store.messages.queue_length(session_id) == 0
+        # ...and its idle clock runs: later passes do not wind it back (KEDA scales it to 0).
+        ttl = store.redis.pttl(f"sm:w:{session_id}")
+        assert 0 < ttl <= settings.activity_ttl_seconds * 1000
+        time.sleep(1.1)
+        assert reconciler.run_once()["messages_failed"] == 0
+        assert store.redis.pttl(f"sm:w:{session_id}") < ttl - 1000
 
         # It recovers: what is queued from now on is delivered.
         assert api.chat(session_id, "better now?", "m-3")[0] == 202

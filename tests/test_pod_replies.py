@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from service.transitions import Actor
+from service.core.transitions import Actor
 
 from .conftest import mark_deployment_ready, running, wait_for, watching_status
 
@@ -110,7 +110,7 @@ def test_a_poisoned_reply_forwarded_by_the_api_settles_and_answers_no_500(
     expected(kind, message)
     assert body["status"] == ("failed" if message["state"] == "failed" else "processed")
     assert pod.requests == 1
-    assert store.queue_length(session_id) == 0
+    assert store.messages.queue_length(session_id) == 0
     assert not store.redis.sismember(f"sm:w:{session_id}", "m:1")  # it lets the pod go
 
 
@@ -124,14 +124,14 @@ def test_a_poisoned_reply_delivered_by_the_worker_settles(
     assert api.chat(session_id, "say something odd", "m-1")[0] == 202  # not running: queued
     worker = make_worker(settings)
     with running(worker):
-        store.set_status(session_id, "running", actor=Actor.WATCH, replicas=1,
+        store.records.set_status(session_id, "running", actor=Actor.WATCH, replicas=1,
                          ready_replicas=1)
         wait_for(lambda: api.messages(session_id)[0]["state"] in ("delivered", "failed"),
-                 timeout=10, what="the message settled")
+                 timeout=20, what="the message settled")
     [message] = api.messages(session_id)
     expected(kind, message)
     assert pod.requests <= settings.delivery_max_attempts
-    assert store.queue_length(session_id) == 0
+    assert store.messages.queue_length(session_id) == 0
 
 
 def test_a_message_whose_deliveries_never_end_is_failed_at_its_last_claim(settings, store,
@@ -143,13 +143,13 @@ def test_a_message_whose_deliveries_never_end_is_failed_at_its_last_claim(settin
     session_id = api.create()
     for message_id in ("m-1", "m-2"):
         assert api.chat(session_id, "never settled", message_id)[0] == 202
-    store.set_status(session_id, "running", actor=Actor.WATCH, replicas=1, ready_replicas=1)
+    store.records.set_status(session_id, "running", actor=Actor.WATCH, replicas=1, ready_replicas=1)
     for attempt in range(1, 4):
-        claim = store.claim_delivery(session_id, lease_seconds=1, max_attempts=3)
+        claim = store.messages.claim_delivery(session_id, lease_seconds=1, max_attempts=3)
         assert claim["message"]["message_id"] == "m-1"
         assert claim["message"]["attempts"] == attempt
         time.sleep(1.05)  # the process died: its lease lapses, no outcome recorded
-    claim = store.claim_delivery(session_id, lease_seconds=1, max_attempts=3)
+    claim = store.messages.claim_delivery(session_id, lease_seconds=1, max_attempts=3)
     assert claim["message"]["message_id"] == "m-2"  # m-1 no longer blocks the queue
     first = api.messages(session_id)[0]
     assert first["state"] == "failed" and "no outcome after 3 attempts" in first["error"]

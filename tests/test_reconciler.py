@@ -8,10 +8,13 @@ import time
 
 from kubernetes import client as k8s
 
-from service import bundle, names, reconciler
+from service import bundle
+from service.core import names
+from service.core.clock import utc_now
 from service.kube import Kube
-from service.reconciler import Reconciler
-from service.store import utc_now
+from service.store import keys as store_keys
+from service.worker import reconciler
+from service.worker.reconciler import Reconciler
 
 from .conftest import store_module, wait_for
 
@@ -31,21 +34,21 @@ def test_one_pass_reaps_every_expired_record_and_pages_through_the_cluster(
     short = short_lived_store(settings)
     expired = [names.new_session_id() for _ in range(EXPIRED)]
     for session_id in expired:
-        short.create_session(session_id, user_id="u", token_hash="h", now=utc_now())
+        short.records.create_session(session_id, user_id="u", token_hash="h", now=utc_now())
     short.redis.close()
     # Orphans (bundles without records) over several pages of each kind's list.
     orphans = [names.new_session_id() for _ in range(10)]
     for session_id in orphans:
         kube.apply(bundle.render(session_id, settings, store_module.keda_keys(session_id)))
-    wait_for(lambda: not any(store.redis.exists(store_module.record_key(s)) for s in expired),
+    wait_for(lambda: not any(store.redis.exists(store_keys.record_key(s)) for s in expired),
              timeout=10, what="the records to expire")
 
     figures = Reconciler(settings, store, kube).run_once()
 
     assert (figures["expired_swept"], figures["orphans_swept"], figures["errors"]) == \
         (EXPIRED, len(orphans), 0)
-    assert store.expired_page(now=time.time(), offset=0, limit=1000) == ([], 0)
-    assert store.counts()["total"] == 0
+    assert store.index.expired_page(now=time.time(), offset=0, limit=1000) == ([], 0)
+    assert store.index.counts()["total"] == 0
     sample = names.new_session_id()
     kinds = bundle.render(sample, settings, store_module.keda_keys(sample)).kinds()
     left = [obj for kind in kinds for obj in kube.list_objects(kind, bundle.label_selector())
@@ -56,7 +59,7 @@ def test_one_pass_reaps_every_expired_record_and_pages_through_the_cluster(
 def test_an_unreachable_api_server_ends_the_pass_after_a_few_sessions(settings, store):
     short = short_lived_store(settings)
     for _ in range(20):
-        short.create_session(names.new_session_id(), user_id="u", token_hash="h",
+        short.records.create_session(names.new_session_id(), user_id="u", token_hash="h",
                              now=utc_now())
     short.redis.close()
     time.sleep(1.5)
@@ -72,7 +75,7 @@ def test_an_unreachable_api_server_ends_the_pass_after_a_few_sessions(settings, 
     assert figures["errors"] == reconciler.UNAVAILABLE_IN_A_ROW + 1  # + the pass stopping
     assert time.monotonic() - started < 30
     # Nothing was dropped: the next pass with the API server back reaps all twenty.
-    assert len(store.expired_page(now=time.time(), offset=0, limit=100)[0]) == 20
+    assert len(store.index.expired_page(now=time.time(), offset=0, limit=100)[0]) == 20
 
 
 def test_a_kind_removed_from_the_templates_is_still_swept_from_existing_sessions(
@@ -100,7 +103,7 @@ def test_a_kind_removed_from_the_templates_is_still_swept_from_existing_sessions
     response = newer.client.delete(f"/session/{kept}", headers=newer.headers)
     assert response.status_code == 200, response.get_json()
     assert services(kept) == []
-    store.delete_session(orphaned)  # its record lost: the reconciler finds an orphan bundle
+    store.records.delete_session(orphaned)  # its record lost: the reconciler finds an orphan bundle
     figures = Reconciler(later, store, kube).run_once()
     assert figures["orphans_swept"] == 1 and figures["errors"] == 0
     assert services(orphaned) == []

@@ -18,14 +18,16 @@ import requests
 import yaml
 
 from service import kube as kube_module
-from service import names
 from service.bundle import KindRef
+from service.core import names
+from service.core.transitions import Actor
 from service.kube import Kube
+from service.kube import watching as watching_module
 from service.pods import PodClient, PodError
-from service.reconciler import Reconciler
-from service.scaler import ScalerServer, protos, services
-from service.transitions import Actor
+from service.store import keys as store_keys
 from service.worker import Worker
+from service.worker.push_scaler import ScalerServer, protos, services
+from service.worker.reconciler import Reconciler
 from tests.tcpproxy import TcpProxy
 
 from .conftest import (
@@ -92,13 +94,13 @@ def test_a_claimed_message_whose_pod_died_stays_work_until_it_is_delivered(
         code, body = api.chat(session_id, "are you still there?", "m-1")
         assert (code, body["status"]) == (202, "queued")  # the forward failed: kept in flight
         time.sleep(settings.activity_ttl_seconds + 1.5)  # past the idle window
-        assert store.redis.lrange(store_module.queue_key(session_id), 0, -1) == []
-        assert store.work([session_id]) == {session_id: 2}  # the message and the activity
+        assert store.redis.lrange(store_keys.queue_key(session_id), 0, -1) == []
+        assert store.records.work([session_id]) == {session_id: 2}  # the message and the activity
         assert store.redis.ttl(store_module.work_key(session_id)) == -1
 
         agent.start()  # a pod again (KEDA kept it at 1; the Deployment made a new one)
         with running(worker):
-            wait_for(lambda: store.work([session_id]) == {session_id: 1}, timeout=15,
+            wait_for(lambda: store.records.work([session_id]) == {session_id: 1}, timeout=15,
                      what="the in-flight message settled")
             # Settled: the idle clock runs from the reply.
             assert store.redis.pttl(store_module.work_key(session_id)) > 0
@@ -114,17 +116,18 @@ def test_a_slept_session_with_waiting_messages_is_not_polled(settings, store, ku
     worker = make_worker(settings)
     worker.deliver_due()
     worker.delivery_pool.submit(lambda: None).result(5)  # the drain it started has run
-    wait_for(lambda: session_id not in store.due_sessions(), what="out of the pending index")
-    assert store.redis.zscore(store_module.PENDING_INDEX, session_id) is None
-    assert store.work([session_id]) == {session_id: -1}  # asleep: no scaler wakes it
-    assert store.queue_length(session_id) == 1  # kept
+    wait_for(lambda: session_id not in store.messages.due_sessions(),
+             what="out of the pending index")
+    assert store.redis.zscore(store_keys.PENDING_INDEX, session_id) is None
+    assert store.records.work([session_id]) == {session_id: -1}  # asleep: no scaler wakes it
+    assert store.messages.queue_length(session_id) == 1  # kept
 
     # Woken and ready: due at once, no poll needed.
     assert api.client.post(f"/session/{session_id}/wake", headers=api.headers).status_code in (
         200, 202)
     with watching_status(worker):
         mark_deployment_ready(kube, session_id)
-        wait_for(lambda: session_id in store.due_sessions(), what="due once running")
+        wait_for(lambda: session_id in store.messages.due_sessions(), what="due once running")
 
 
 # -- sleep that cannot drift -----------------------------------------------------------------
@@ -136,7 +139,7 @@ def test_a_pause_flag_that_drifted_from_the_cluster_neither_blocks_a_wake_nor_la
     session_id = api.create()
     # A sleep that died between its two writes: the annotation set, the flag not.
     assert kube.set_paused(session_id, True)
-    assert store.get_session(session_id)["paused"] == "0"
+    assert store.records.get_session(session_id)["paused"] == "0"
     # The wake sends the unpause anyway.
     assert api.client.post(f"/session/{session_id}/wake", headers=api.headers).status_code in (
         200, 202)
@@ -146,10 +149,10 @@ def test_a_pause_flag_that_drifted_from_the_cluster_neither_blocks_a_wake_nor_la
     kube.set_paused(session_id, True)
     reconciler = Reconciler(settings, store, kube)
     assert reconciler.run_once()["pauses_repaired"] == 1
-    assert store.get_session(session_id)["paused"] == "1"
+    assert store.records.get_session(session_id)["paused"] == "1"
     kube.set_paused(session_id, False)
     assert reconciler.run_once()["pauses_repaired"] == 1
-    assert store.get_session(session_id)["paused"] == "0"
+    assert store.records.get_session(session_id)["paused"] == "0"
     assert reconciler.run_once()["pauses_repaired"] == 0
 
 
@@ -167,15 +170,15 @@ def test_a_chat_whose_resume_fails_is_still_accepted_and_its_retry_resumes(
         proxy.refuse()  # the ScaledObject cannot be unpaused: the API server is away
         code, body = api.chat(session_id, "kept anyway", "m-1")
         assert (code, body["status"]) == (202, "queued")  # accepted: never a 503 after it
-        assert store.queue_length(session_id) == 1
-        assert store.get_session(session_id)["paused"] == "1"  # not resumed...
+        assert store.messages.queue_length(session_id) == 1
+        assert store.records.get_session(session_id)["paused"] == "1"  # not resumed...
         assert kube.is_paused(session_id)
         proxy.forward()
         code, body = api.chat(session_id, "kept anyway", "m-1")  # ...until the retry
         assert (code, body["status"]) == (202, "queued")
         assert not kube.is_paused(session_id)
-        assert store.get_session(session_id)["paused"] == "0"
-        assert store.queue_length(session_id) == 1  # the retry was not a second message
+        assert store.records.get_session(session_id)["paused"] == "0"
+        assert store.messages.queue_length(session_id) == 1  # the retry was not a second message
     finally:
         api.close()
         proxy.close()
@@ -190,7 +193,7 @@ def test_the_push_scaler_answers_from_the_work_set_over_mutual_tls(
     stub, channel = scaler_stub(scaler_servers[0].bound_port, scaler_certs)
     with channel:
         assert stub.IsActive(ref(session_id), timeout=5).result  # new: active for a while
-        store.clear_activity(session_id)
+        store.records.clear_activity(session_id)
         assert not stub.IsActive(ref(session_id), timeout=5).result  # idle
         assert api.chat(session_id, "hello", "m-1")[0] == 202
         assert stub.IsActive(ref(session_id), timeout=5).result
@@ -220,7 +223,7 @@ def test_a_chat_is_pushed_at_once_to_a_stream_on_any_replica(
     by an API process that talks to neither. The stream still says "active" at once."""
     api = make_api(settings)
     session_id = api.create()
-    store.clear_activity(session_id)
+    store.records.clear_activity(session_id)
     for server in scaler_servers:
         stub, channel = scaler_stub(server.bound_port, scaler_certs)
         with channel:
@@ -247,15 +250,15 @@ def test_a_chat_is_pushed_at_once_to_a_stream_on_any_replica(
             stream.cancel()
             reader.join(5)
         # Settle the message so the next replica starts from an idle session again.
-        claim = store.claim_delivery(session_id, lease_seconds=5, max_attempts=5)
+        claim = store.messages.claim_delivery(session_id, lease_seconds=5, max_attempts=5)
         if claim is None:
-            store.set_status(session_id, "running", actor=Actor.WATCH)
-            claim = store.claim_delivery(session_id, lease_seconds=5, max_attempts=5)
-        store.finish_delivery(session_id, envelope=claim["envelope"],
+            store.records.set_status(session_id, "running", actor=Actor.WATCH)
+            claim = store.messages.claim_delivery(session_id, lease_seconds=5, max_attempts=5)
+        store.messages.finish_delivery(session_id, envelope=claim["envelope"],
                               lease_token=claim["lease_token"], delivered=True,
                               reply_or_error="{}", max_attempts=5, retry_in_seconds=0)
-        store.clear_activity(session_id)
-        assert store.work([session_id]) == {session_id: 0}
+        store.records.clear_activity(session_id)
+        assert store.records.work([session_id]) == {session_id: 0}
 
 
 # -- deadlines -------------------------------------------------------------------------------
@@ -383,7 +386,7 @@ class FreezingProxy:
 
 def test_a_stalled_status_watch_is_detected_and_restarted(
         settings, store, kube, apiserver, make_api, monkeypatch, tmp_path):
-    monkeypatch.setattr(kube_module, "WATCH_READ_MARGIN_SECONDS", 2)
+    monkeypatch.setattr(watching_module, "WATCH_READ_MARGIN_SECONDS", 2)
     kubeconfig = yaml.safe_load(Path(apiserver.kubeconfig).read_text())
     server = kubeconfig["clusters"][0]["cluster"]["server"]
     host, port = server.split("//")[1].rsplit(":", 1)
@@ -398,15 +401,15 @@ def test_a_stalled_status_watch_is_detected_and_restarted(
     worker = Worker(settings, store, proxied, watch_timeout_seconds=2)
     try:
         with watching_status(worker):
-            wait_for(lambda: store.get_session(session_id)["status"] == "waking", timeout=10,
-                     what="the watch's first view")
+            wait_for(lambda: store.records.get_session(session_id)["status"] == "waking",
+                     timeout=10, what="the watch's first view")
             assert proxy.accepted >= 2, "the watches do not go through the proxy"
             before = proxy.accepted
             proxy.freeze()  # the watch's connection goes silent; the server's end never comes
             mark_deployment_ready(kube, session_id)
             # Seen through a new watch: the frozen one hit its read deadline (2 s + 2 s).
-            wait_for(lambda: store.get_session(session_id)["status"] == "running", timeout=15,
-                     interval=0.2, what="the status through a restarted watch")
+            wait_for(lambda: store.records.get_session(session_id)["status"] == "running",
+                     timeout=15, interval=0.2, what="the status through a restarted watch")
             assert proxy.accepted > before  # over a new connection
             proxy.close()  # so the stop does not wait on the frozen sockets' deadlines
     finally:
@@ -430,14 +433,14 @@ def test_the_worker_healthz_fails_when_a_loop_stalls(settings, store, kube, make
         wait_for(lambda: requests.get(url, timeout=2).status_code == 200, what="healthy")
         assert requests.get(url, timeout=2).json() == {"status": "ok"}
 
-        real_due = worker.store.due_sessions
+        real_due = worker.store.messages.due_sessions
 
         def hang(**kwargs):
             if not stop.is_set():
                 wedged.wait(30)  # a Redis read that never returns
             return real_due(**kwargs)
 
-        monkeypatch.setattr(worker.store, "due_sessions", hang)
+        monkeypatch.setattr(worker.store.messages, "due_sessions", hang)
         wait_for(lambda: requests.get(url, timeout=2).status_code == 503, timeout=10,
                  what="/healthz to report the stalled delivery loop")
         assert "delivery" in requests.get(url, timeout=2).json()["stalled"]

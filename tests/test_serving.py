@@ -74,7 +74,7 @@ def test_an_oversized_body_is_read_and_answered_413_with_nothing_stored(settings
                + f"X-API-Key: {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
     status, _, answer = raw_exchange(api.port, request)
     assert (status, json.loads(answer)["code"]) == (413, "payload_too_large")
-    assert store.counts()["total"] == 0
+    assert store.index.counts()["total"] == 0
     # Through a client library too, chunked (no Content-Length to refuse on up front).
     response = requests.post(f"{api.url}/session/create", headers={
         **HEADERS, "Content-Type": "application/json"}, data=iter([body[:1000], body[1000:]]),

@@ -16,12 +16,13 @@ import time
 
 from kubernetes import client as k8s
 
-from service import names
-from service.config import REPO_ROOT
-from service.reconciler import Reconciler
-from service.templates import template_kinds
-from service.tiers import Tiers
-from service.transitions import Actor
+from service.bundle import template_kinds
+from service.core import names
+from service.core.config import REPO_ROOT
+from service.core.transitions import Actor
+from service.sessions.tiers import Tiers
+from service.store import keda_keys
+from service.worker.reconciler import Reconciler
 
 from .conftest import API_KEY, mark_deployment_ready, running, wait_for, watching_status
 
@@ -33,7 +34,7 @@ ARCHIVING = {"idle_timeout_seconds": 2, "keda_cooldown_period_seconds": 1,
 def bundle_objects(kube, settings, session_id: str) -> list[str]:
     """`Kind/name` of every object the session has, of every kind the templates make."""
     return sorted(f"{kind.kind}/{obj['metadata']['name']}"
-                  for kind in template_kinds(settings)
+                  for kind in template_kinds(settings, keda_keys)
                   for obj in kube.list_objects(kind, f"{names.SESSION_LABEL}={session_id}"))
 
 
@@ -54,7 +55,7 @@ def replies(api, session_id: str) -> list[tuple[str, str, str | None]]:
 
 def archive_now(worker) -> dict[str, int]:
     """One archiver pass, as the worker's leader runs them."""
-    return worker.tiers.archive_idle(worker.archive_pool)
+    return worker.archiver.archive_idle(worker.archive_pool)
 
 
 def test_an_idle_session_is_archived_and_a_chat_brings_it_back_and_is_answered(
@@ -98,7 +99,7 @@ def test_an_idle_session_is_archived_and_a_chat_brings_it_back_and_is_answered(
     assert (code, body["status"]) == (202, "queued"), body
     assert bundle_objects(kube, settings, session_id) == everything
     assert api.status(session_id)["status"] == "waking"
-    assert store.restores_asked() == 0
+    assert store.bundles.restores_asked() == 0
     with running(worker):
         mark_deployment_ready(kube, session_id)
         wait_for(lambda: ("m-2", "delivered", "echo: after") in replies(api, session_id),
@@ -115,19 +116,19 @@ def test_a_chat_during_the_archive_sweep_waits_queued_and_the_worker_restores_it
     session_id = api.create()
     everything = bundle_objects(kube, settings, session_id)
     # The archiver has marked it archived and holds its bundle lock; its sweep is still on.
-    outcome = store.archive(session_id, idle_since=time.time() + 1, lock_token="archiver",
+    outcome = store.bundles.archive(session_id, idle_since=time.time() + 1, lock_token="archiver",
                             lock_seconds=60)
     assert outcome == "archived"
 
     code, body = api.chat(session_id, "while sweeping", "m-1")
     assert (code, body["status"]) == (202, "queued"), body
     # The API's restore found the lock taken: nothing applied, the ask kept for the worker.
-    assert store.restores_asked() == 1 and api.status(session_id)["status"] == "archived"
+    assert store.bundles.restores_asked() == 1 and api.status(session_id)["status"] == "archived"
     assert api.status(session_id)["queue_length"] == 1
 
-    worker.tiers.sweep(session_id)  # the archiver's deletes end, and it lets go of the lock
+    worker.archiver.sweep(session_id)  # the archiver's deletes end, and it lets go of the lock
     assert bundle_objects(kube, settings, session_id) == []
-    store.release_bundle_lock(session_id, "archiver")
+    store.bundles.release_bundle_lock(session_id, "archiver")
     with running(worker):
         wait_for(lambda: bundle_objects(kube, settings, session_id) == everything,
                  timeout=10, what="the worker to restore the bundle")
@@ -135,7 +136,7 @@ def test_a_chat_during_the_archive_sweep_waits_queued_and_the_worker_restores_it
         mark_deployment_ready(kube, session_id)
         wait_for(lambda: replies(api, session_id) == [
             ("m-1", "delivered", "echo: while sweeping")], what="the queued chat delivered")
-    assert store.restores_asked() == 0
+    assert store.bundles.restores_asked() == 0
 
 
 def hold_scaled_object(kube, session_id: str, held: bool) -> None:
@@ -167,7 +168,7 @@ def test_an_archive_does_not_wait_for_a_finalizer_and_a_chat_waits_until_its_obj
     # A chat meanwhile is kept, and nothing is applied onto the object about to vanish.
     code, body = api.chat(session_id, "while KEDA is busy", "m-1")
     assert (code, body["status"]) == (202, "queued"), body
-    assert store.restores_asked() == 1 and api.status(session_id)["status"] == "archived"
+    assert store.bundles.restores_asked() == 1 and api.status(session_id)["status"] == "archived"
     text = api.client.get("/metrics", headers={**api.headers, "Accept": "text/plain"})
     assert "session_manager_archives_sweeping 1.0" in text.get_data(as_text=True)
     with running(worker):
@@ -181,7 +182,7 @@ def test_an_archive_does_not_wait_for_a_finalizer_and_a_chat_waits_until_its_obj
         mark_deployment_ready(kube, session_id)
         wait_for(lambda: replies(api, session_id) == [
             ("m-1", "delivered", "echo: while KEDA is busy")], what="the queued chat delivered")
-    assert store.sweeping(limit=10) == {} and store.restores_asked() == 0
+    assert store.bundles.sweeping(limit=10) == {} and store.bundles.restores_asked() == 0
     # The restored ScaledObject is a new one, not the held one brought back.
     restored = k8s.CustomObjectsApi(kube.api_client).get_namespaced_custom_object(
         "keda.sh", "v1alpha1", kube.namespace, "scaledobjects", names.object_name(session_id))
@@ -217,9 +218,9 @@ def test_a_template_change_reaches_a_sleeping_session_on_its_next_wake(
     sleeper, chatter, awake = api.create(), api.create(), api.create()
     for session_id in (sleeper, chatter):
         mark_deployment_ready(kube, session_id, ready=0, replicas=0)
-        store.set_status(session_id, "sleeping", actor=Actor.WATCH, replicas=0)
+        store.records.set_status(session_id, "sleeping", actor=Actor.WATCH, replicas=0)
     mark_deployment_ready(kube, awake)
-    store.set_status(awake, "running", actor=Actor.WATCH, replicas=1, ready_replicas=1)
+    store.records.set_status(awake, "running", actor=Actor.WATCH, replicas=1, ready_replicas=1)
 
     # The control plane now runs with the new image.
     api = make_api(new)
@@ -229,28 +230,28 @@ def test_a_template_change_reaches_a_sleeping_session_on_its_next_wake(
     # The re-apply left the replica count to its owner: KEDA (here, the test) scales it.
     assert deployment(kube, sleeper)["spec"]["replicas"] == 0
     version = Tiers(new, store, kube).version()
-    assert store.get_session(sleeper)["bundle_version"] == version
+    assert store.records.get_session(sleeper)["bundle_version"] == version
     # A chat to a sleeping session on the old bundle brings it up to date the same way. The
     # message is in the session's work set from its admission on, but until the re-apply is
     # done the push scaler answers KEDA's polls "inactive": KEDA cannot start the old pod.
-    sessions = api.app.extensions["session_manager"]["sessions"]
+    sessions = api.app.extensions["session_manager"].sessions
     real_apply = sessions.tiers.apply
     seen_during_the_apply: list[int] = []
 
     def apply_while_polled(session_id, **kwargs):
-        seen_during_the_apply.append(store.work([session_id])[session_id])
+        seen_during_the_apply.append(store.records.work([session_id])[session_id])
         return real_apply(session_id, **kwargs)
 
     sessions.tiers.apply = apply_while_polled
     code, _ = api.chat(chatter, "hello", "m-1")
     assert code == 202
     assert seen_during_the_apply == [-1]  # held
-    assert store.work([chatter]) == {chatter: 2}  # the message and the activity, told now
+    assert store.records.work([chatter]) == {chatter: 2}  # the message and the activity, told now
     assert image_of(kube, chatter) == "registry.example/agent:2.0"
     assert deployment(kube, chatter)["spec"]["replicas"] == 0
     # An awake session is left as it is until `reapply` (its pod would be replaced mid-chat).
     assert image_of(kube, awake) == "registry.example/agent:1.0"
-    assert store.get_session(awake)["bundle_version"] != version
+    assert store.records.get_session(awake)["bundle_version"] != version
 
 
 def cli_reapply(settings, apiserver, *args: str) -> dict:
@@ -272,7 +273,7 @@ def test_reapply_updates_awake_sessions_bounded_and_idempotent(
     awake = [api.create() for _ in range(6)]
     sleeper = api.create()
     mark_deployment_ready(kube, sleeper, ready=0, replicas=0)
-    store.set_status(sleeper, "sleeping", actor=Actor.WATCH, replicas=0)
+    store.records.set_status(sleeper, "sleeping", actor=Actor.WATCH, replicas=0)
 
     in_flight, peak, lock = 0, 0, threading.Lock()
     real_apply = kube.apply
@@ -310,9 +311,9 @@ def test_an_archived_session_whose_sweep_failed_is_swept_by_the_reconciler(
     settings = settings.replace(reconcile_grace_seconds=0, **ARCHIVING)
     api = make_api(settings)
     session_id, other = api.create(), api.create()
-    assert store.archive(session_id, idle_since=time.time() + 1, lock_token="archiver",
+    assert store.bundles.archive(session_id, idle_since=time.time() + 1, lock_token="archiver",
                          lock_seconds=60) == "archived"
-    store.release_bundle_lock(session_id, "archiver")  # its sweep never happened
+    store.bundles.release_bundle_lock(session_id, "archiver")  # its sweep never happened
     assert bundle_objects(kube, settings, session_id)
 
     figures = Reconciler(settings, store, kube).run_once()
@@ -329,9 +330,9 @@ def test_a_worker_of_another_installation_archives_nothing_and_refuses_to_start(
     settings = settings.replace(**ARCHIVING)
     api = make_api(settings)
     session_id = api.create()
-    store.set_status(session_id, "sleeping", actor=Actor.WATCH)
+    store.records.set_status(session_id, "sleeping", actor=Actor.WATCH)
     store.redis.zadd("sm:bundled", {session_id: time.time() - 3600})  # idle for an hour
-    assert store.claim_installation("another-installation") == "another-installation"
+    assert store.coordination.claim_installation("another-installation") == "another-installation"
 
     env = {**os.environ, "REDIS_URL": settings.redis_url, "NAMESPACE": settings.namespace,
            "KUBECONFIG": str(apiserver.kubeconfig), "API_KEYS": API_KEY,
@@ -352,10 +353,10 @@ def test_a_worker_of_another_installation_archives_nothing_and_refuses_to_start(
     # A worker with the same settings, once the database is its installation's, archives it.
     store.redis.delete("sm:installation")
     with running(make_worker(settings)):
-        wait_for(lambda: store.get_session(session_id)["status"] == "archived", timeout=15,
+        wait_for(lambda: store.records.get_session(session_id)["status"] == "archived", timeout=15,
                  what="the session archived by a worker of this installation")
     assert bundle_objects(kube, settings, session_id) == []
-    assert store.claim_installation("another-installation") == settings.namespace
+    assert store.coordination.claim_installation("another-installation") == settings.namespace
 
 
 def test_a_worker_that_met_no_redis_at_start_checks_the_installation_before_it_delivers(
@@ -366,8 +367,8 @@ def test_a_worker_that_met_no_redis_at_start_checks_the_installation_before_it_d
     api = make_api(settings)
     session_id = api.create()
     assert api.chat(session_id, "not yours", "m-1")[0] == 202
-    store.set_status(session_id, "running", actor=Actor.WATCH, replicas=1, ready_replicas=1)
-    assert store.claim_installation(settings.namespace) == settings.namespace
+    store.records.set_status(session_id, "running", actor=Actor.WATCH, replicas=1, ready_replicas=1)
+    assert store.coordination.claim_installation(settings.namespace) == settings.namespace
     store.redis.zrem("sm:pending", session_id)  # not due for this installation's own worker
     redis_server.stop()
     try:
@@ -388,7 +389,7 @@ def test_a_worker_that_met_no_redis_at_start_checks_the_installation_before_it_d
 def test_reapply_runs_the_checks_every_worker_runs(settings, store, apiserver, tmp_path):
     env = {**os.environ, "REDIS_URL": settings.redis_url, "NAMESPACE": settings.namespace,
            "KUBECONFIG": str(apiserver.kubeconfig), "LOG_LEVEL": "WARNING"}
-    store.claim_installation("another-installation")
+    store.coordination.claim_installation("another-installation")
     result = subprocess.run([sys.executable, "-m", "service", "reapply"], cwd=REPO_ROOT,
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "'another-installation'" in result.stderr, result.stderr

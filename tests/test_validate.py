@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from service import validate
-from service.config import REPO_ROOT, Settings
+from devcluster import paths
+from service.bundle import validate
+from service.core.config import REPO_ROOT, Settings
+from service.store import keda_keys
 
 
 @pytest.fixture
@@ -32,7 +34,7 @@ def edit(path: Path, old: str, new: str) -> None:
 
 def run(settings: Settings) -> tuple[int, str]:
     out = io.StringIO()
-    status = validate.run(settings, out)
+    status = validate.run(settings, keda_keys, paths.keda_crds(), out)
     return status, out.getvalue()
 
 

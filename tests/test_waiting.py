@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from service.api import create_app
+from service.http import create_app
 
 from .conftest import API_KEY, mark_deployment_ready, running, wait_for, watching_status
 
@@ -77,7 +77,7 @@ def test_past_n_seconds_the_answer_is_202_and_the_message_stays(settings, store,
                                json={"message": prefer})
         assert response.status_code == 202 and "Preference-Applied" not in response.headers
         assert time.monotonic() - started < 0.5
-    assert store.queue_length(session_id) == 6  # every one kept for the pod
+    assert store.messages.queue_length(session_id) == 6  # every one kept for the pod
 
 
 def test_held_chats_across_processes_and_a_stopping_api_answers_what_it_holds(
@@ -132,4 +132,4 @@ def test_held_chats_across_processes_and_a_stopping_api_answers_what_it_holds(
         202, "queued")
     assert time.monotonic() - stopped_at < 5  # not held to the graceful timeout
     assert api.process.wait(30) == 0
-    assert store.queue_length(sleeper) == 1  # kept for the pod
+    assert store.messages.queue_length(sleeper) == 1  # kept for the pod

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import urllib3
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
-from ..bundle import KindRef
-from ..errors import KubeError
-from .common import _translate
+from service.bundle import KindRef
+from service.core.errors import KubeError
+from service.kube.translate import translate
 
 # A watch asked to end after N seconds that has sent nothing for N + this is dead.
 WATCH_READ_MARGIN_SECONDS = 10
 
 
-class Watching:
-    """Mixed into Kube (which provides namespace, timeout, _resource and _call)."""
+class Watcher:
+    """Watches of the kube client's namespace."""
+
+    def __init__(self, kube: Any) -> None:
+        self.kube = kube  # client.Kube
 
     def list_and_watch(self, kind: KindRef, *, selector: str, timeout_seconds: int = 60,
                        stop: threading.Event | None = None,
@@ -28,11 +32,11 @@ class Watching:
         whole current state — consumers replace what they knew, so objects deleted while no
         watch was open are forgotten — then WATCH events, resuming from the last
         resourceVersion (kept fresh by bookmarks); a 410 Gone starts over with a new LIST."""
-        resource = self._resource(kind)
+        resource = self.kube.resource(kind)
         while stop is None or not stop.is_set():
-            listing = self._call(
-                lambda: resource.get(namespace=self.namespace, label_selector=selector,
-                                     _request_timeout=self.timeout),
+            listing = self.kube.call(
+                lambda: resource.get(namespace=self.kube.namespace, label_selector=selector,
+                                     _request_timeout=self.kube.timeout),
                 kind=kind.kind,
             )
             yield "RELIST", {"items": [item.to_dict() for item in listing.items]}
@@ -46,10 +50,10 @@ class Watching:
                     # deadline ends it when the server cannot (a half-open connection would
                     # otherwise freeze every status while this worker keeps its lease).
                     for event in watcher.stream(
-                        resource.get, namespace=self.namespace, label_selector=selector,
+                        resource.get, namespace=self.kube.namespace, label_selector=selector,
                         resource_version=version, timeout_seconds=timeout_seconds,
                         allow_watch_bookmarks=True, serialize=False,
-                        _request_timeout=(self.timeout,
+                        _request_timeout=(self.kube.timeout,
                                           timeout_seconds + WATCH_READ_MARGIN_SECONDS),
                     ):
                         obj = event["raw_object"]
@@ -69,8 +73,8 @@ class Watching:
                 except ApiException as err:
                     if err.status == 410:
                         break
-                    raise _translate(err, kind=kind.kind) from err
+                    raise translate(err, kind=kind.kind) from err
                 except (urllib3.exceptions.HTTPError, OSError) as err:
-                    raise _translate(err, kind=kind.kind) from err
+                    raise translate(err, kind=kind.kind) from err
                 finally:
                     watcher.stop()

@@ -1,5 +1,5 @@
 """What processes coordinate through in Redis: pub/sub notices, named leases, idempotent
-creates and the workers' reports. Mixed into Store (which provides redis, _run and _call)."""
+creates and the workers' reports."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .failures import UNAVAILABLE, unavailable
-from .keys import (
+from service.store.failures import UNAVAILABLE, unavailable
+from service.store.keys import (
     INSTALLATION_KEY,
     WORK_CHANNEL,
     WORKER_REPORTS,
@@ -26,20 +26,21 @@ def _decode(value: Any) -> Any:
 
 
 class Coordination:
-    """Mixed into Store."""
+    def __init__(self, db: Any) -> None:
+        self.db = db  # client.Database
 
     def report_worker(self, worker_id: str, stalled: list[str]) -> None:
-        self._call(self.redis.hset, WORKER_REPORTS, worker_id,
+        self.db.call(self.db.redis.hset, WORKER_REPORTS, worker_id,
                    json.dumps({"at": time.time(), "stalled": stalled}))
 
     def worker_reports(self) -> dict[str, dict]:
         """Every worker's last report; reports of replicas long gone are dropped on the way."""
-        raw = self._call(self.redis.hgetall, WORKER_REPORTS)
+        raw = self.db.call(self.db.redis.hgetall, WORKER_REPORTS)
         reports = {worker: json.loads(value) for worker, value in raw.items()}
         gone = [worker for worker, report in reports.items()
                 if report["at"] < time.time() - _WORKER_REPORT_KEPT_SECONDS]
         if gone:
-            self._call(self.redis.hdel, WORKER_REPORTS, *gone)
+            self.db.call(self.db.redis.hdel, WORKER_REPORTS, *gone)
         return {worker: report for worker, report in reports.items() if worker not in gone}
 
     def work_notifications(self, stop: Any,
@@ -57,7 +58,7 @@ class Coordination:
         RedisUnavailable when the subscription breaks. `on_tick` is called at least every
         second while the subscription is healthy, notices or not: a quiet installation is a
         live listener, not a stalled one."""
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.db.redis.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(*channels)
             yield None
@@ -80,9 +81,9 @@ class Coordination:
         a dict: the stored response of the finished create."""
         key = _idempotency_key(scope)
         try:
-            if self.redis.set(key, "pending", nx=True, ex=ttl_seconds):
+            if self.db.redis.set(key, "pending", nx=True, ex=ttl_seconds):
                 return None
-            stored = self.redis.get(key)
+            stored = self.db.redis.get(key)
         except UNAVAILABLE as err:
             raise unavailable(err) from err
         if stored is None or stored == "pending":
@@ -92,19 +93,19 @@ class Coordination:
     def finish_idempotent(self, scope: str, response: dict | None, *, ttl_seconds: int) -> None:
         key = _idempotency_key(scope)
         if response is None:
-            self._call(self.redis.delete, key)
+            self.db.call(self.db.redis.delete, key)
         else:
-            self._call(self.redis.set, key, json.dumps(response), ex=ttl_seconds)
+            self.db.call(self.db.redis.set, key, json.dumps(response), ex=ttl_seconds)
 
     # -- leases (worker coordination) ----------------------------------------------------
 
     def claim_installation(self, namespace: str) -> str:
         """The sessions namespace this database serves: `namespace` if none was recorded
         yet (it is now), else the one recorded first."""
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = self.db.redis.pipeline(transaction=True)
         pipe.set(INSTALLATION_KEY, namespace, nx=True)
         pipe.get(INSTALLATION_KEY)
-        return _decode(self._call(pipe.execute)[1])
+        return _decode(self.db.call(pipe.execute)[1])
 
     def installation_conflict(self, namespace: str) -> str | None:
         """None while this database serves `namespace` (claiming it if nobody has), else
@@ -121,10 +122,10 @@ class Coordination:
         """Take or renew a named lease; True while `holder` has it."""
         key = _lease_key(name)
         try:
-            if self.redis.set(key, holder, nx=True, ex=seconds):
+            if self.db.redis.set(key, holder, nx=True, ex=seconds):
                 return True
-            if self.redis.get(key) == holder:
-                self.redis.expire(key, seconds)
+            if self.db.redis.get(key) == holder:
+                self.db.redis.expire(key, seconds)
                 return True
             return False
         except UNAVAILABLE as err:
@@ -132,4 +133,4 @@ class Coordination:
 
     def release_lease(self, name: str, holder: str) -> None:
         """Give a named lease up, if `holder` still has it."""
-        self._run("release_lease", [_lease_key(name)], [holder])
+        self.db.run("release_lease", [_lease_key(name)], [holder])

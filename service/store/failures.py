@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from ..errors import RedisOutOfMemory, RedisReadOnly, RedisUnavailable
+from service.core.errors import RedisOutOfMemory, RedisReadOnly, RedisUnavailable
 
 # Errors that mean "Redis cannot take this now" (503): unreachable, or refusing writes at
 # maxmemory or as a read-only replica. Any other RedisError is a bug (500). A script refused

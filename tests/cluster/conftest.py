@@ -24,7 +24,7 @@ import pytest
 
 from devcluster import cluster as cluster_module
 from devcluster import network, paths
-from service.config import Settings
+from service.core.config import Settings
 from service.kube import Kube, load_api_client
 from tests.conftest import API_KEY, wait_for
 

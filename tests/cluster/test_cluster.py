@@ -13,7 +13,8 @@ import time
 import pytest
 import requests
 
-from service.config import TEMPLATES_OF_MODE
+from service.core.config import TEMPLATES_OF_MODE
+from service.kube import ClusterSetup
 from tests.cluster.conftest import wait_until
 from tests.conftest import running
 
@@ -143,7 +144,7 @@ def test_keda_activates_a_session_through_the_push_scaler_within_a_second_of_the
     with running(worker):
         session_id = api.create()
         wait_status(api, session_id, {"running"}, timeout=90)
-        worker.store.clear_activity(session_id)  # idle now: KEDA takes it to 0 on its own
+        worker.store.records.clear_activity(session_id)  # idle now: KEDA takes it to 0 on its own
         wait_until(lambda: kube.deployment_state(session_id).replicas == 0, timeout=90,
                    what="KEDA scaling the idle session to 0")
         admitted = time.monotonic()
@@ -214,7 +215,7 @@ def test_keda_reads_redis_through_the_trigger_authentication(
         assert response.status_code == 200
         wait_until(lambda: view.replicas(session_id) == 0, timeout=60, what="0 after sleep")
 
-        kube.ensure_secret("redis-credentials", {"password": "not-the-password"})
+        ClusterSetup(kube).ensure_secret("redis-credentials", {"password": "not-the-password"})
         code, body = api.chat(session_id, "anyone there?", message_id="auth-1")
         assert code == 202, body
 
@@ -233,8 +234,8 @@ def test_keda_reads_redis_through_the_trigger_authentication(
         assert view.replicas(session_id) == 0
         assert delivered(api, session_id, "auth-1") is None
 
-        kube.ensure_secret("redis-credentials", {"password": settings.redis_url.split(":")[2]
-                                                 .split("@")[0]})
+        password = settings.redis_url.split(":")[2].split("@")[0]
+        ClusterSetup(kube).ensure_secret("redis-credentials", {"password": password})
         wait_until(lambda: delivered(api, session_id, "auth-1"), timeout=150,
                    what="the message answered once KEDA can read Redis again")
 

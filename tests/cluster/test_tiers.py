@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from service.config import REPO_ROOT
+from service.core.config import REPO_ROOT
 from tests.cluster.conftest import wait_until
 from tests.cluster.test_cluster import delivered, wait_status
 from tests.conftest import running
@@ -33,7 +33,7 @@ def test_an_archived_session_leaves_nothing_in_the_cluster_and_a_chat_brings_it_
 
         # Idle past ARCHIVE_AFTER_SECONDS (its idle clock set back): one archive pass.
         store.redis.zadd("sm:bundled", {session_id: time.time() - 3600})
-        assert worker.tiers.archive_idle(worker.archive_pool)["archived"] == 1
+        assert worker.archiver.archive_idle(worker.archive_pool)["archived"] == 1
         wait_until(lambda: view.session_objects(session_id) == [], timeout=90,
                    what="every object and pod of the archived session gone")
         assert api.status(session_id)["status"] == "archived"
