@@ -14,11 +14,12 @@ import json
 import secrets
 import time
 
+from devcluster.processes import Daemon
 from service.core.clock import iso, utc_now
 from service.core.transitions import Actor
 from service.store import Store
 
-from .harness import Context, Proc, cpu_seconds, create_sessions
+from .harness import Context, cpu_seconds, create_sessions
 from .profile import profiled
 from .report import Figure, Row
 
@@ -41,7 +42,7 @@ class Round:
     cpu_ms: dict[str, float]  # CPU milliseconds per message: workers, agent, redis
 
 
-def _one_round(ctx: Context, store: Store, workers: list[Proc],
+def _one_round(ctx: Context, store: Store, workers: list[Daemon],
                timeout: float = 120) -> Round:
     sessions = create_sessions(store, SESSIONS, prefix="delivery")
     for sid in sessions:
@@ -84,8 +85,8 @@ def _one_round(ctx: Context, store: Store, workers: list[Proc],
     return Round(finished - started, finished - (first or started), per_message)
 
 
-def _cpu(ctx: Context, workers: list[Proc]) -> dict[str, float]:
-    redis = ctx.redis().process
+def _cpu(ctx: Context, workers: list[Daemon]) -> dict[str, float]:
+    redis = ctx.redis().daemon
     return {"workers": sum(cpu_seconds(group=w.pid) for w in workers),
             "agent": cpu_seconds(group=ctx.agent().pid),
             "redis": cpu_seconds(pid=redis.pid) if redis is not None else 0.0}

@@ -1,8 +1,9 @@
 """Starting the real parts (Redis, API server, demo agent, gunicorn, workers) and statistics.
 
-Everything binds to 127.0.0.1 on random ports. Processes the bench starts get their own
-process group, so stopping one (a gunicorn master and its workers) ends exactly what it
-started. Parts start on first use: `--only memory` needs no API server.
+Everything binds to 127.0.0.1 on random ports. Processes the bench starts are daemons of
+devcluster.processes, each leading its own process group, so stopping one (a gunicorn master
+and its workers) ends exactly what it started. Parts start on first use: `--only memory`
+needs no API server.
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ import math
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from devcluster import apiserver as local
 from devcluster import paths
+from devcluster.ports import free_port
+from devcluster.processes import Daemon, Spawner, http_ok, wait_until
 from service.core import names
 from service.core.clock import utc_now
 from service.core.config import RATE_LIMITED_ROUTES, REPO_ROOT
@@ -101,66 +103,7 @@ def settle(*, threshold: float = 0.15, max_seconds: float = 45) -> tuple[float, 
     return busy, time.monotonic() - started
 
 
-# -- processes ----------------------------------------------------------------------------
-
-
-class Proc:
-    """A process the bench started, in its own process group, output in a log file."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.log = log
-        with log.open("wb") as out:
-            self.popen = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True,
-                                          cwd=REPO_ROOT)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, chars: int = 2000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
-
-    def stop(self, timeout: float = 20) -> None:
-        if not self.alive():
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGTERM)  # our own group: master + its workers
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(5)
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str,
-               proc: Proc | None = None, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and not proc.alive():
-            raise RuntimeError(f"{what}: process exited with {proc.popen.returncode}:\n"
-                               f"{proc.tail()}")
-        if predicate():
-            return
-        time.sleep(interval)
-    raise RuntimeError(f"{what}: not ready after {timeout}s"
-                       + (f"\n{proc.tail()}" if proc else ""))
-
-
-def http_ok(port: int, path: str) -> bool:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        conn.request("GET", path)
-        ok = conn.getresponse().status == 200
-        conn.close()
-        return ok
-    except OSError:
-        return False
+# -- HTTP ---------------------------------------------------------------------------------
 
 
 class Client:
@@ -215,16 +158,31 @@ class Context:
         self.quick = quick
         self.keep = keep
         self.workdir = Path(tempfile.mkdtemp(prefix="session-manager-bench-"))
+        self.spawner = Spawner(self.workdir, cwd=REPO_ROOT)  # logs: <workdir>/<name>.log
         self.api_key = "bench-" + secrets.token_hex(16)
         self._redis: local.RedisServer | None = None
         self._apiserver: local.KubeApiServer | None = None
         self._store: Store | None = None
-        self._procs: dict[str, Proc] = {}
+        self._procs: dict[str, Daemon] = {}
         self._namespaces: set[str] = set()
         self._kubes: list[Kube] = []
         self.settled: list[float] = []  # machine busy fraction before each measurement
 
     # -- parts --
+
+    def spawn(self, name: str, args: list[str], env: Mapping[str, str | None], *,
+              port: int | None = None) -> Daemon:
+        """A process of the bench's (the caller stops it; `close` stops what is left)."""
+        return self.spawner.spawn(name, args, env=env, port=port, stop_group=True,
+                                  stop_timeout_seconds=20)
+
+    def spawn_service(self, name: str, env: Mapping[str, str | None]) -> Daemon:
+        """`python -m service serve` with `env` (service_env's, PORT its port), once its
+        /livez answers."""
+        api = self.spawn(name, [sys.executable, "-m", "service", "serve"], env,
+                         port=int(str(env["PORT"])))
+        wait_until(lambda: http_ok(f"{api.url}/livez"), timeout=30, what=name, daemon=api)
+        return api
 
     def redis(self) -> local.RedisServer:
         if self._redis is None:
@@ -269,35 +227,34 @@ class Context:
         """A clean Redis for the next figure (services keep their connections)."""
         self.store().redis.flushall()
 
-    def cpu(self, proc: Proc) -> tuple[float, float]:
+    def cpu(self, proc: Daemon) -> tuple[float, float]:
         """CPU seconds used so far by `proc`'s process group and by redis-server."""
-        redis = self.redis().process
+        redis = self.redis().daemon
         return (cpu_seconds(group=proc.pid),
                 cpu_seconds(pid=redis.pid) if redis is not None else 0.0)
 
     def redis_info(self, section: str) -> dict[str, Any]:
         return self.store().redis.info(section)
 
-    def agent(self) -> Proc:
+    def agent(self) -> Daemon:
         """The repo's demo agent (the session pod contract), no state file, no delay."""
         if "agent" not in self._procs:
             self._procs["agent"] = self.start_agent("agent")
         return self._procs["agent"]
 
-    def start_agent(self, name: str, **env: str) -> Proc:
+    def start_agent(self, name: str, **env: str) -> Daemon:
         """Another demo agent, with its settings (AGENT_DELAY_SECONDS, AGENT_STREAM, ...);
         the caller stops it. Its port is `proc.port`."""
-        port = local.free_port()
-        proc = Proc(name, [sys.executable, str(REPO_ROOT / "demo_agent" / "agent.py")],
-                    {**os.environ, "PORT": str(port), "AGENT_HOST": "127.0.0.1", **env},
-                    self.workdir / f"{name}.log")
-        proc.port = port  # type: ignore[attr-defined]
-        wait_until(lambda: http_ok(port, "/healthz"), timeout=15, what=name, proc=proc)
+        port = free_port()
+        proc = self.spawn(name, [sys.executable, str(REPO_ROOT / "demo_agent" / "agent.py")],
+                          {"PORT": str(port), "AGENT_HOST": "127.0.0.1", **env}, port=port)
+        wait_until(lambda: http_ok(f"{proc.url}/healthz"), timeout=15, what=name, daemon=proc)
         return proc
 
-    def service_env(self, *, port: int, namespace: str, limits: bool) -> dict[str, str]:
-        env = {
-            **os.environ,
+    def service_env(self, *, port: int, namespace: str,
+                    limits: bool) -> dict[str, str | None]:
+        """The environment of a service process (on top of ours; None unsets)."""
+        env: dict[str, str | None] = {
             "REDIS_URL": self.redis().url,
             "KUBECONFIG": str(self.apiserver().kubeconfig),
             "NAMESPACE": namespace,
@@ -305,7 +262,7 @@ class Context:
             "PORT": str(port),
             "BIND_ADDRESS": "127.0.0.1",
             "LOG_LEVEL": "INFO",
-            "POD_URL_TEMPLATE": f"http://127.0.0.1:{self.agent().port}",  # type: ignore[attr-defined]
+            "POD_URL_TEMPLATE": self.agent().url,
             # Never a backlog or budget refusal under load (and a backlog the conversation
             # keeps: the service refuses MAX_QUEUED_MESSAGES >= MAX_MESSAGES_KEPT).
             "MAX_QUEUED_MESSAGES": "1000000",
@@ -315,53 +272,44 @@ class Context:
         }
         for route in RATE_LIMITED_ROUTES:
             env[f"RATE_LIMIT_{route.upper()}"] = UNLIMITED  # limiter runs, never refuses
-        env.pop("AUTH_DISABLED", None)
+        env["AUTH_DISABLED"] = None
         return env
 
-    def service(self, variant: str = "limits-on") -> Proc:
+    def service(self, variant: str = "limits-on") -> Daemon:
         """`python -m service serve` (gunicorn, production options) as a subprocess."""
         if variant not in self._procs:
-            port = local.free_port()
             self.kube(SERVICE_NAMESPACE)  # the namespace the service applies bundles in
-            env = self.service_env(port=port, namespace=SERVICE_NAMESPACE,
+            env = self.service_env(port=free_port(), namespace=SERVICE_NAMESPACE,
                                    limits=variant == "limits-on")
-            proc = Proc(f"service-{variant}", [sys.executable, "-m", "service", "serve"], env,
-                        self.workdir / f"service-{variant}.log")
-            proc.port = port  # type: ignore[attr-defined]
-            self._procs[variant] = proc
-            wait_until(lambda: http_ok(port, "/livez"), timeout=30,
-                       what=f"service ({variant})", proc=proc)
+            self._procs[variant] = self.spawn_service(f"service-{variant}", env)
         return self._procs[variant]
 
-    def floor(self) -> Proc:
+    def floor(self) -> Daemon:
         """The baseline: a minimal Flask app under the same gunicorn options."""
         if "floor" not in self._procs:
-            port = local.free_port()
-            env = {**os.environ, "REDIS_URL": self.redis().url, "PORT": str(port),
+            port = free_port()
+            env = {"REDIS_URL": self.redis().url, "PORT": str(port),
                    "BIND_ADDRESS": "127.0.0.1", "LOG_LEVEL": "INFO"}
-            proc = Proc("floor", [sys.executable, "-m", "bench.floor"], env,
-                        self.workdir / "floor.log")
-            proc.port = port  # type: ignore[attr-defined]
+            proc = self.spawn("floor", [sys.executable, "-m", "bench.floor"], env, port=port)
             self._procs["floor"] = proc
-            wait_until(lambda: http_ok(port, "/livez"), timeout=30, what="floor app", proc=proc)
+            wait_until(lambda: http_ok(f"{proc.url}/livez"), timeout=30, what="floor app",
+                       daemon=proc)
         return self._procs["floor"]
 
-    def start_worker(self, name: str, namespace: str, extra_env: dict[str, str]) -> Proc:
+    def start_worker(self, name: str, namespace: str, extra_env: dict[str, str]) -> Daemon:
         """`python -m service worker`; returns once it logged that it started."""
         self.kube(namespace)
         # Figures run one after another on one Redis, each in its own namespace: this one's
         # worker serves the database now (a worker refuses one that serves another).
         self.store().redis.delete(INSTALLATION_KEY)
-        env = {**self.service_env(port=local.free_port(), namespace=namespace,
-                                  limits=True),
+        env = {**self.service_env(port=free_port(), namespace=namespace, limits=True),
                # It serves the push scaler as deployed (mutual TLS), on a port of its own.
                "SCALER_TLS_DIR": str(self._scaler_certs() / "server"), "SCALER_PORT": "0",
                **extra_env}
-        proc = Proc(name, [sys.executable, "-m", "service", "worker"], env,
-                    self.workdir / f"{name}.log")
+        proc = self.spawn(name, [sys.executable, "-m", "service", "worker"], env)
         self._procs[name] = proc
-        wait_until(lambda: "worker started" in proc.tail(100000), timeout=30,
-                   what=f"worker {name}", proc=proc)
+        wait_until(lambda: "worker started" in proc.output(), timeout=30,
+                   what=f"worker {name}", daemon=proc)
         return proc
 
     def _scaler_certs(self) -> Path:
@@ -378,13 +326,12 @@ class Context:
 
     def check_alive(self) -> None:
         for proc in self._procs.values():
-            if not proc.alive():
-                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n"
-                                   f"{proc.tail()}")
+            proc.check_running()
 
     def close(self) -> None:
         for name in list(self._procs):
             self.stop(name)
+        self.spawner.stop_all()  # what a figure started and an error kept it from stopping
         for kube in self._kubes:
             with contextlib.suppress(Exception):
                 kube.close()

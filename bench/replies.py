@@ -20,22 +20,19 @@ from __future__ import annotations
 
 import http.client
 import json
-import sys
 import threading
 import time
 
-from devcluster.processes import free_port
+from devcluster.ports import free_port
+from devcluster.processes import wait_until
 from service.core import sse
 from service.core.transitions import Actor
 
 from .harness import (
     SERVICE_NAMESPACE,
     Context,
-    Proc,
     create_sessions_one_by_one,
-    http_ok,
     median,
-    wait_until,
 )
 from .report import Figure, Row, Target
 
@@ -84,13 +81,12 @@ class _Stream:
             pass  # closed
 
     def first(self, kind: str, message_id: str, timeout: float = 30) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for at, event, data in list(self.arrivals):
-                if event == kind and data.get("message_id") == message_id:
-                    return at
-            time.sleep(0.002)
-        raise RuntimeError(f"no {kind} event for {message_id}")
+        def arrived() -> float | None:
+            return next((at for at, event, data in list(self.arrivals)
+                         if event == kind and data.get("message_id") == message_id), None)
+
+        return wait_until(arrived, timeout=timeout, interval=0.002,
+                          what=f"a {kind} event for {message_id}")
 
     def close(self) -> None:
         self.conn.close()
@@ -149,12 +145,11 @@ def replies(ctx: Context) -> Figure:
     ctx.kube(SERVICE_NAMESPACE)
     agent = ctx.start_agent("streaming-agent", AGENT_STREAM="1",
                             AGENT_STREAM_DELAY_SECONDS=str(STREAM_DELAY_SECONDS))
-    pod_url = f"http://127.0.0.1:{agent.port}"  # type: ignore[attr-defined]
+    pod_url = agent.url
     port = free_port()
     env = ctx.service_env(port=port, namespace=SERVICE_NAMESPACE, limits=False)
     env.update(WEB_CONCURRENCY="1", POD_URL_TEMPLATE=pod_url)
-    api = Proc("api-replies", [sys.executable, "-m", "service", "serve"], env,
-               ctx.workdir / "api-replies.log")
+    api = ctx.spawn_service("api-replies", env)
     worker = None
     trials = 2 if ctx.quick else 3
     rounds = max(2, ctx.rounds // 2)
@@ -162,7 +157,6 @@ def replies(ctx: Context) -> Figure:
     results: dict[str, dict[str, list[tuple[float, float]]]] = {
         state: {way: [] for way in WAYS} for state in ("running", "sleeping")}
     try:
-        wait_until(lambda: http_ok(port, "/livez"), timeout=30, what="api", proc=api)
         worker = ctx.start_worker("worker-replies", SERVICE_NAMESPACE,
                                   {"POD_URL_TEMPLATE": pod_url,
                                    "RECONCILE_INTERVAL_SECONDS": "3600"})

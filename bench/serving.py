@@ -17,17 +17,15 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from devcluster.processes import free_port
+from devcluster.ports import free_port
+from devcluster.processes import Daemon, http_ok, wait_until
 from service.core.transitions import Actor
 
 from .harness import (
     SERVICE_NAMESPACE,
     Context,
-    Proc,
     create_sessions_one_by_one,
-    http_ok,
     percentile,
-    wait_until,
 )
 from .report import Figure, Row, Target
 
@@ -35,15 +33,15 @@ SLOW_CHATS = 24  # past 8 threads: the gthread model's limit per process
 AGENT_SECONDS = 4.0
 
 
-def _api(ctx: Context, model: str, agent_port: int) -> Proc:
+def _api(ctx: Context, model: str, agent_port: int) -> Daemon:
     port = free_port()
     env = ctx.service_env(port=port, namespace=SERVICE_NAMESPACE, limits=False)
     env.update(WEB_CONCURRENCY="1", POD_URL_TEMPLATE=f"http://127.0.0.1:{agent_port}",
                POD_TIMEOUT_SECONDS="30", DELIVERY_LEASE_SECONDS="60")
     module = ["-m", "service", "serve"] if model == "gevent" else ["-m", "bench.gthread"]
-    proc = Proc(f"api-{model}", [sys.executable, *module], env, ctx.workdir / f"api-{model}.log")
-    proc.port = port  # type: ignore[attr-defined]
-    wait_until(lambda: http_ok(port, "/livez"), timeout=30, what=f"api ({model})", proc=proc)
+    proc = ctx.spawn(f"api-{model}", [sys.executable, *module], env, port=port)
+    wait_until(lambda: http_ok(f"{proc.url}/livez"), timeout=30, what=f"api ({model})",
+               daemon=proc)
     return proc
 
 
@@ -60,7 +58,7 @@ def _post(port: int, path: str, body: dict, key: str) -> tuple[int, str]:
         conn.close()
 
 
-def _round(ctx: Context, proc: Proc, sessions: list[str]) -> tuple[list[float], int]:
+def _round(ctx: Context, proc: Daemon, sessions: list[str]) -> tuple[list[float], int]:
     store = ctx.store()
     for session_id in sessions:  # running with a ready pod, as the status watch writes it
         store.records.set_status(session_id, "running", actor=Actor.WATCH, replicas=1,
@@ -97,8 +95,8 @@ def serving(ctx: Context) -> Figure:
     ctx.flush()
     ctx.kube(SERVICE_NAMESPACE)
     agent = ctx.start_agent("slow-agent", AGENT_DELAY_SECONDS=str(AGENT_SECONDS))
-    models = {"gevent": _api(ctx, "gevent", agent.port),  # type: ignore[attr-defined]
-              "gthread": _api(ctx, "gthread", agent.port)}  # type: ignore[attr-defined]
+    models = {"gevent": _api(ctx, "gevent", agent.port),
+              "gthread": _api(ctx, "gthread", agent.port)}
     sessions = create_sessions_one_by_one(ctx.store(), SLOW_CHATS)
     rounds = max(2, ctx.rounds // 2)
     results: dict[str, list[tuple[list[float], int]]] = {name: [] for name in models}

@@ -16,21 +16,18 @@ import os
 import resource
 import selectors
 import socket
-import sys
 import threading
 import time
 
-from devcluster.processes import free_port
+from devcluster.ports import free_port
+from devcluster.processes import wait_until
 from service.core.transitions import Actor
 
 from .harness import (
     SERVICE_NAMESPACE,
     Context,
-    Proc,
     cpu_seconds,
     create_sessions_one_by_one,
-    http_ok,
-    wait_until,
 )
 from .report import Figure, Row, Target
 
@@ -134,13 +131,11 @@ def streams(ctx: Context) -> Figure:
     env = ctx.service_env(port=port, namespace=SERVICE_NAMESPACE, limits=False)
     env.update(WEB_CONCURRENCY="1", MAX_EVENT_STREAMS=str(STREAMS + 100),
                WEB_CONNECTIONS=str(2 * STREAMS + 500), LOG_LEVEL="WARNING")
-    api = Proc("api-streams", [sys.executable, "-m", "service", "serve"], env,
-               ctx.workdir / "api-streams.log")
+    api = ctx.spawn_service("api-streams", env)
     store = ctx.store()
     rounds = max(1, ctx.rounds // 3)
     held, cpu, per_stream, fanout = [], [], [], []
     try:
-        wait_until(lambda: http_ok(port, "/livez"), timeout=30, what="api", proc=api)
         sessions = create_sessions_one_by_one(store, STREAMS // PER_SESSION, prefix="streams")
         for _ in range(rounds):
             ctx.settle()
@@ -162,7 +157,7 @@ def streams(ctx: Context) -> Figure:
                 for session_id in sessions:  # one status change each, to every stream
                     store.records.set_status(session_id, "waking", actor=Actor.WATCH)
                 wait_until(lambda held=opened: held.seen_by_all(b'"status":"waking"'), timeout=60,
-                           what="every stream seeing its session's event", proc=api)
+                           what="every stream seeing its session's event", daemon=api)
                 fanout.append((time.perf_counter() - started) * 1000)
                 for session_id in sessions:
                     store.records.set_status(session_id, "sleeping", actor=Actor.WATCH)

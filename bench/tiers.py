@@ -19,6 +19,7 @@ for 1-2, as processes for 3). BENCH_TIERS_SESSIONS sets N (default 5,000; --quic
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -28,6 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from devcluster.processes import WaitTimedOut, wait_until
 from service import bundle
 from service.bundle import TemplateVersion
 from service.core import names
@@ -39,7 +41,7 @@ from service.sessions import Archiver, Tiers
 from service.store import Store, keda_keys
 from service.store.keys import BUNDLED_INDEX
 
-from .harness import Client, Context, Proc, wait_until
+from .harness import Client, Context
 from .report import Figure, Row, Target
 from .wake import API_KEY, Session, Stack
 
@@ -185,20 +187,16 @@ def _objects_figure(ctx: Context, stack: Stack, figure: Figure, count: int) -> N
             archived += done
         archive_seconds = time.monotonic() - began
         print(f"    archived {archived} in {archive_seconds:.0f}s", flush=True)
-        deadline = time.monotonic() + 900 + count / 5
-        while (sweeping := archiver.archive_idle(pool)["sweeping"]) and time.monotonic() < deadline:
-            time.sleep(5)
-        if sweeping:
-            raise RuntimeError(f"{sweeping} archives still had objects after "
-                               f"{time.monotonic() - began:.0f}s")
+        wait_until(lambda: not archiver.archive_idle(pool)["sweeping"], timeout=900 + count / 5,
+                   interval=5, what="no archive left with objects")
     swept_seconds = time.monotonic() - began
     # Then the garbage collector takes their dependents (ReplicaSets, EndpointSlices, KEDA's
     # HPAs): counted until the namespace holds what the ACTIVE sessions' bundles have (the
     # figure below says if it never got there).
     expected = (sleeping[0] - base_objects) * ACTIVE / count + base_objects
-    deadline = time.monotonic() + 600 + count / 10
-    while _objects(stack, namespace) > expected * 1.02 and time.monotonic() < deadline:
-        time.sleep(5)
+    with contextlib.suppress(WaitTimedOut):
+        wait_until(lambda: _objects(stack, namespace) <= expected * 1.02,
+                   timeout=600 + count / 10, interval=5, what="the dependents collected")
     collected_seconds = time.monotonic() - began
     after = _measure(stack, namespace, etcd)
     print(f"    {count} sessions, {ACTIVE} active: {after[0]} objects, {after[1]} etcd keys, "
@@ -330,7 +328,7 @@ def _memory_figure(ctx: Context, stack: Stack, figure: Figure) -> None:
     stack.namespace(namespace)
     url, store = _database(stack, 2)  # this namespace's worker's
     port = int(stack.settings.scaler_port) + 1
-    env = {**os.environ, "REDIS_URL": url, "NAMESPACE": namespace,
+    env = {"REDIS_URL": url, "NAMESPACE": namespace,
            "KUBECONFIG": str(stack.cluster.kubeconfig), "API_KEYS": API_KEY,
            "LOG_LEVEL": "WARNING", "WEB_CONCURRENCY": "1", "RATE_LIMITS_ENABLED": "false",
            "ARCHIVE_AFTER_SECONDS": "600", "RECONCILE_INTERVAL_SECONDS": "5",
@@ -338,16 +336,13 @@ def _memory_figure(ctx: Context, stack: Stack, figure: Figure) -> None:
            "SCALER_TLS_DIR": str(stack.tls / "server"), "SCALER_PORT": "0",
            "SCALER_ADDRESS": f"127.0.0.1:{stack.port}", "WORKER_HEALTH_PORT": "0",
            "BIND_ADDRESS": "127.0.0.1", "PORT": str(port)}
-    api = Proc("tiers-api", [sys.executable, "-m", "service", "serve"], env,
-               ctx.workdir / "tiers-api.log")
-    worker = Proc("tiers-worker", [sys.executable, "-m", "service", "worker"], env,
-                  ctx.workdir / "tiers-worker.log")
+    api = ctx.spawn("tiers-api", [sys.executable, "-m", "service", "serve"], env, port=port)
+    worker = ctx.spawn("tiers-worker", [sys.executable, "-m", "service", "worker"], env)
     client = Client(port, {"X-API-Key": API_KEY})
     try:
-        wait_until(lambda: _answers(client), timeout=60, what="the API process", proc=api)
+        wait_until(lambda: _answers(client), timeout=60, what="the API process", daemon=api)
         time.sleep(5)
-        if not worker.alive():
-            raise RuntimeError(f"the worker exited:\n{worker.tail()}")
+        worker.check_running()
         have = 0
         rss: dict[str, list[float]] = {"api": [], "worker": []}
         for size in MEMORY_SIZES:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from devcluster import apiserver, certs
 from devcluster import cluster as cluster_module
+from devcluster.ports import free_port
+from devcluster.processes import wait_until
 from service import bundle
 from service.core import names
 from service.core.config import TEMPLATES_OF_MODE, Settings
@@ -32,7 +34,7 @@ from service.kube import Kube, load_api_client
 from service.store import Store, keda_keys
 from service.worker import Worker
 
-from .harness import Context, percentile, wait_until
+from .harness import Context, percentile
 from .report import Figure, Row, Target
 
 POLLING_SECONDS = 5
@@ -67,7 +69,7 @@ class Stack:
         self.cluster = cluster_module.LocalCluster().start()
         self.redis = apiserver.RedisServer(ctx.workdir / "wake-redis").start()
         self.tls = certs.scaler_certs(ctx.workdir / "scaler-certs", "127.0.0.1", "localhost")
-        self.port = apiserver.free_port()
+        self.port = free_port()
         self.settings = Settings(
             api_keys=(API_KEY,), namespace="bench-wake", redis_url=self.redis.url,
             pod_url_template="http://{pod_ip}:{port}", keda_redis_host="127.0.0.1",

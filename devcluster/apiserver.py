@@ -22,7 +22,8 @@ import yaml
 from . import paths
 from .certs import make_ca_and_cert
 from .paths import LocalServiceError
-from .processes import Daemon, Spawner, free_port, http_ok, retry_on_port_in_use
+from .ports import free_port, retry_on_port_in_use
+from .processes import NO_CLOUD_ENV, Daemon, Spawner, http_ok, wait_until
 
 
 class RedisServer:
@@ -34,7 +35,8 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.password = secrets.token_hex(16)
-        self.process: subprocess.Popen | None = None
+        self.spawner = Spawner(workdir)
+        self.daemon: Daemon | None = None
         self._started_once = False
 
     @property
@@ -53,15 +55,16 @@ class RedisServer:
         return retry_on_port_in_use(first_start)
 
     def _start(self) -> RedisServer:
-        log = self.workdir / "redis.log"
-        self.process = subprocess.Popen(
+        # Its log goes to redis.log (redis-server logs to its output without --logfile).
+        self.daemon = self.spawner.spawn(
+            "redis",
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
              "--requirepass", self.password, "--dir", str(self.workdir),
              # No periodic snapshots (FLUSHALL would write one each time); stop() saves one.
-             "--save", "", "--appendonly", "no", "--logfile", str(log)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )
-        Daemon("redis-server", self.process, log).wait_until(self._answers, timeout=10)
+             "--save", "", "--appendonly", "no"],
+            stop_timeout_seconds=10)
+        wait_until(self._answers, timeout=10, interval=0.1, what="redis-server",
+                   daemon=self.daemon)
         self._started_once = True
         return self
 
@@ -76,18 +79,16 @@ class RedisServer:
     def stop(self) -> None:
         """Shut down with a snapshot (SHUTDOWN SAVE), so a stop/start keeps the data the way
         a real deployment's persistence would, whatever the server's save configuration."""
-        if self.process and self.process.poll() is None:
+        if self.daemon is not None and self.daemon.running():
             with contextlib.suppress(OSError), socket.create_connection(
                 ("127.0.0.1", self.port), timeout=2
             ) as sock:
                 sock.sendall(f"AUTH {self.password}\r\nSHUTDOWN SAVE\r\n".encode())
                 sock.recv(64)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.terminate()
-                self.process.wait(10)
-        self.process = None
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.daemon.process.wait(10)
+        self.spawner.stop_all()  # SIGTERM (then SIGKILL) only if SHUTDOWN did not end it
+        self.daemon = None
 
 
 class KubeApiServer:
@@ -106,7 +107,7 @@ class KubeApiServer:
         self.etcd_binary = paths.etcd(build_missing=build)
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.spawner = spawner or Spawner(workdir)
+        self.spawner = spawner or Spawner(workdir, env=NO_CLOUD_ENV)
         self.advertise = advertise
         self.service_cidr = service_cidr
         self.token = secrets.token_hex(24)
@@ -144,7 +145,8 @@ class KubeApiServer:
             [self.etcd_binary, "--data-dir", str(data), "--listen-client-urls", url,
              "--advertise-client-urls", url, "--listen-peer-urls",
              f"http://127.0.0.1:{free_port()}", "--log-level", "error"])
-        etcd.wait_until(lambda: http_ok(f"{url}/health"), timeout=20)
+        wait_until(lambda: http_ok(f"{url}/health"), timeout=20, interval=0.1, what="etcd",
+                   daemon=etcd)
 
     def _start_apiserver(self) -> None:
         self.port = free_port()
@@ -191,7 +193,7 @@ class KubeApiServer:
                      f"--proxy-client-cert-file={proxy / 'tls.crt'}",
                      f"--proxy-client-key-file={proxy / 'tls.key'}"]
         server = self.spawner.spawn("kube-apiserver", args)
-        server.wait_until(self._ready, timeout=90)
+        wait_until(self._ready, timeout=90, interval=0.1, what="kube-apiserver", daemon=server)
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca))
@@ -220,4 +222,4 @@ class KubeApiServer:
         shutil.rmtree(getattr(self, "_etcd_data", ""), ignore_errors=True)
 
 
-__all__ = ["KubeApiServer", "LocalServiceError", "RedisServer", "free_port"]
+__all__ = ["KubeApiServer", "LocalServiceError", "RedisServer"]

@@ -23,7 +23,8 @@ from pathlib import Path
 from . import addons, cleanup, images, keda, network, node, paths
 from .apiserver import KubeApiServer
 from .paths import LocalServiceError
-from .processes import Spawner, free_port
+from .ports import free_port
+from .processes import NO_CLOUD_ENV, Spawner, WaitTimedOut, wait_until
 
 
 def log(message: str) -> None:
@@ -93,7 +94,7 @@ class LocalCluster:
             self.guard.install()
             network.setup_node_network()
             self.spawner = Spawner(self.run_dir / "logs", cgroup_procs=self.guard.cgroup_procs,
-                                   on_spawn=self.state.add_pid)
+                                   env=NO_CLOUD_ENV, on_spawn=self.state.add_pid)
             self._step("etcd + kube-apiserver", self._start_apiserver)
             self._step("controller-manager + scheduler", self._start_controllers)
             self.node = node.Node(self.run_dir, self.spawner, kubeconfig=self.kubeconfig)
@@ -211,20 +212,23 @@ class LocalCluster:
                 raise LocalServiceError(f"{daemon.name} exited:\n{daemon.log_tail()}")
 
     def _wait_node_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
+        last = ""  # what the node said last: its Ready condition, or kubectl's error
+
+        def ready() -> bool:
+            nonlocal last
             result = self.kubectl("get", "node", node.NODE_NAME, "-o", "json", check=False)
-            if result.returncode == 0:
-                conditions = json.loads(result.stdout)["status"].get("conditions") or []
-                ready = [c for c in conditions if c["type"] == "Ready"]
-                if ready and ready[0]["status"] == "True":
-                    return
-                last = json.dumps(ready)
-            else:
+            if result.returncode != 0:
                 last = result.stderr.strip()
-            time.sleep(0.5)
-        raise LocalServiceError(f"node {node.NODE_NAME} not Ready after {timeout}s: {last}")
+                return False
+            conditions = json.loads(result.stdout)["status"].get("conditions") or []
+            ready = [c for c in conditions if c["type"] == "Ready"]
+            last = json.dumps(ready)
+            return bool(ready) and ready[0]["status"] == "True"
+
+        try:
+            wait_until(ready, timeout=timeout, interval=0.5, what=f"node {node.NODE_NAME} Ready")
+        except WaitTimedOut as timed_out:
+            raise LocalServiceError(f"{timed_out}: {last}") from None
 
     def _start_keda(self) -> None:
         from service.kube import ClusterSetup, Kube, load_api_client

@@ -16,14 +16,13 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from . import apiserver, certs, cluster, paths
+from .ports import free_port
+from .processes import Daemon, DaemonExited, Spawner, WaitTimedOut, http_ok, wait_until
 
 WORKDIR = paths.CACHE_DIR / "dev"
 NAMESPACE = "sessions"
@@ -115,11 +114,11 @@ def _scaler_tls(env: dict[str, str]) -> Path:
     """Certificates for the push scaler's mutual TLS (kept in the cache between runs) and the
     worker's settings for it; returns the certificates' directory."""
     tls = certs.scaler_certs(paths.RUN_DIR / "scaler-certs", "127.0.0.1", "localhost")
-    port = env.get("SCALER_PORT") or str(apiserver.free_port())
+    port = env.get("SCALER_PORT") or str(free_port())
     env.setdefault("SCALER_TLS_DIR", str(tls / "server"))
     env["SCALER_PORT"] = port
     env.setdefault("SCALER_ADDRESS", f"127.0.0.1:{port}")
-    env.setdefault("WORKER_HEALTH_PORT", str(apiserver.free_port()))
+    env.setdefault("WORKER_HEALTH_PORT", str(free_port()))
     return tls
 
 
@@ -143,10 +142,12 @@ def _serve(env: dict[str, str], notes: list[str]) -> int:
     env.setdefault("BIND_ADDRESS", "127.0.0.1")
     env.setdefault("CHAT_PAGE_ENABLED", "true")  # the page at /ui, on the public API only
 
-    children = [
-        subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env),
-        subprocess.Popen([sys.executable, "-m", "service", "worker"], env=env),
-    ]
+    # Their output on this terminal; in its process group, so a closed terminal ends them too.
+    spawner = Spawner(None, env=env, own_session=False)
+    children = [spawner.spawn("api", [sys.executable, "-m", "service", "serve"],
+                              stop_timeout_seconds=20),
+                spawner.spawn("worker", [sys.executable, "-m", "service", "worker"],
+                              stop_timeout_seconds=20)]
     stopping = False
 
     def stop(*_: object) -> None:
@@ -157,7 +158,7 @@ def _serve(env: dict[str, str], notes: list[str]) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         url = f"http://127.0.0.1:{env['PORT']}"
-        if _wait_live(url, children):
+        if _live(url, children):
             key = env.get("API_KEYS", "").split(",")[0]
             print("\n".join([
                 "", f"session-manager is serving at {url}",
@@ -168,28 +169,18 @@ def _serve(env: dict[str, str], notes: list[str]) -> int:
                 '-H "Content-Type: application/json" -d \'{"user_id": "me@example.com"}\'',
                 "stop:       Ctrl-C (tears the whole stack down)", "",
             ]), flush=True)
-        while not stopping and all(child.poll() is None for child in children):
+        while not stopping and all(child.running() for child in children):
             time.sleep(0.5)
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        for child in children:
-            try:
-                child.wait(20)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        spawner.stop_all()
     return 0 if stopping else 1
 
 
-def _wait_live(url: str, children: list[subprocess.Popen], timeout: float = 60) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(child.poll() is not None for child in children):
-            return False
-        try:
-            with urllib.request.urlopen(f"{url}/livez", timeout=1):  # noqa: S310 - http only
-                return True
-        except (OSError, urllib.error.URLError):
-            time.sleep(0.2)
-    return False
+def _live(url: str, children: list[Daemon], timeout: float = 60) -> bool:
+    """The API answers /livez; False when a child exited first or it never did (the stack
+    then serves without the banner)."""
+    try:
+        return wait_until(lambda: http_ok(f"{url}/livez"), timeout=timeout, interval=0.2,
+                          what="the API", daemon=children)
+    except (DaemonExited, WaitTimedOut):
+        return False

@@ -27,7 +27,7 @@ from pathlib import Path
 from . import node as node_module
 from . import paths
 from .paths import IMAGES_DIR, LocalServiceError
-from .processes import Daemon, Spawner, run
+from .processes import Daemon, Spawner, run, wait_until
 from .wheels import serve_directory, wheelhouse
 
 DEMO_AGENT_IMAGE = "session-manager-demo-agent:0.1.0"
@@ -200,8 +200,8 @@ class Docker:
             "--bridge=none", "--userland-proxy=false", "--experimental=false",
             "--log-level=warn",
         ], stop_timeout_seconds=20)
-        self.daemon.wait_until(lambda: self.docker("info", check=False).returncode == 0,
-                               timeout=60, what="dockerd")
+        wait_until(lambda: self.docker("info", check=False).returncode == 0, timeout=60,
+                   interval=0.1, what="dockerd", daemon=self.daemon)
 
     def docker(self, *args: str, check: bool = True, env: dict[str, str] | None = None):
         return run([self.client, "-H", f"unix://{self.socket}", *args], check=check, env=env)

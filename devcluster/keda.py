@@ -16,7 +16,8 @@ from pathlib import Path
 
 from . import network, paths
 from .certs import make_ca_and_cert
-from .processes import Daemon, Spawner, free_port, http_ok, retry_on_port_in_use
+from .ports import free_port, retry_on_port_in_use
+from .processes import Daemon, Spawner, http_ok, wait_until
 
 NAMESPACE = "keda"
 APISERVICE = "v1beta1.external.metrics.k8s.io"
@@ -74,7 +75,8 @@ class Keda:
             f"--kube-api-qps={API_QPS}", f"--kube-api-burst={API_BURST}",
         ], env=self.env)
         healthz = f"http://127.0.0.1:{self.operator_health_port}/healthz"
-        self.operator.wait_until(lambda: http_ok(healthz), timeout=60, what="keda-operator")
+        wait_until(lambda: http_ok(healthz), timeout=60, interval=0.1, what="keda-operator",
+                   daemon=self.operator)
         return self.operator
 
     def start_adapter(self, apply, kubectl) -> Daemon:
@@ -103,7 +105,8 @@ class Keda:
             conditions = json.loads(result.stdout).get("status", {}).get("conditions") or []
             return any(c["type"] == "Available" and c["status"] == "True" for c in conditions)
 
-        self.adapter.wait_until(available, timeout=90, what=f"APIService {APISERVICE} Available")
+        wait_until(available, timeout=90, interval=0.1, what=f"APIService {APISERVICE} Available",
+                   daemon=self.adapter)
         return self.adapter
 
     def _registration(self) -> list[dict]:

@@ -17,7 +17,8 @@ from pathlib import Path
 import yaml
 
 from . import network, paths
-from .processes import Daemon, Spawner, free_port, http_ok, run
+from .ports import free_port
+from .processes import Daemon, Spawner, WaitTimedOut, http_ok, run, wait_until
 
 NODE_NAME = "sm-node"
 SANDBOX_IMAGE = "registry.k8s.io/pause:3.10"
@@ -76,8 +77,8 @@ class Node:
         daemon = self.spawner.spawn(
             "containerd", [paths.system_binary("containerd", "containerd"), "--config",
                            str(config)])
-        daemon.wait_until(lambda: self.ctr("version", check=False).returncode == 0,
-                          timeout=30)
+        wait_until(lambda: self.ctr("version", check=False).returncode == 0, timeout=30,
+                   interval=0.1, what="containerd", daemon=daemon)
         return daemon
 
     def ctr(self, *args: str, check: bool = True):
@@ -148,7 +149,8 @@ class Node:
             f"--hostname-override={NODE_NAME}", "--v=1",
         ])
         healthz = f"http://127.0.0.1:{self.kubelet_healthz_port}/healthz"
-        daemon.wait_until(lambda: http_ok(healthz), timeout=60, what="kubelet healthz")
+        wait_until(lambda: http_ok(healthz), timeout=60, interval=0.1, what="kubelet healthz",
+                   daemon=daemon)
         # kubelet sets kernel.panic=10 and panic_on_oops=1 at start: put them back now.
         time.sleep(1)
         network.write_sysctls(saved_sysctls, only=network.PANIC_SYSCTLS)
@@ -177,7 +179,8 @@ class Node:
         daemon = self.spawner.spawn("kube-proxy", [paths.binary("kube-proxy"),
                                                    f"--config={path}", "--v=1"])
         healthz = f"http://127.0.0.1:{self.proxy_healthz_port}/healthz"
-        daemon.wait_until(lambda: http_ok(healthz), timeout=60, what="kube-proxy healthz")
+        wait_until(lambda: http_ok(healthz), timeout=60, interval=0.1, what="kube-proxy healthz",
+                   daemon=daemon)
         return daemon
 
     # -- teardown --------------------------------------------------------------------------
@@ -188,8 +191,7 @@ class Node:
         with contextlib.suppress(paths.LocalServiceError):
             for task in self.ctr("tasks", "list", "-q", check=False).stdout.split():
                 self.ctr("tasks", "kill", "--all", "--signal", "SIGKILL", task, check=False)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and "RUNNING" in self.ctr(
-                    "tasks", "list", check=False).stdout:
-                time.sleep(0.1)
+            with contextlib.suppress(WaitTimedOut):  # best effort: clean_host follows
+                wait_until(lambda: "RUNNING" not in self.ctr("tasks", "list", check=False).stdout,
+                           timeout=5, interval=0.1, what="the pods' tasks to end")
 

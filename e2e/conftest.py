@@ -135,6 +135,9 @@ class Api:
 class Kubectl:
     """kubectl against the e2e cluster (KUBECONFIG), in the sessions namespace by default."""
 
+    # What the control plane labels a session's objects with.
+    SESSION_SELECTOR = "app.kubernetes.io/managed-by=session-manager,session-manager/session={}"
+
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
 
@@ -151,6 +154,10 @@ class Kubectl:
         output = self.run("get", resource, "--selector", selector, "--output", "json",
                           **kwargs).stdout
         return json.loads(output)["items"]
+
+    def session_items(self, resource: str, session_id: str) -> list[dict[str, Any]]:
+        """The session's objects of `resource` that the control plane made."""
+        return self.items(resource, self.SESSION_SELECTOR.format(session_id))
 
 
 @pytest.fixture(scope="session")

@@ -16,12 +16,14 @@ from typing import Any
 
 import pytest
 import requests
-from test_e2e import selector, wait_until
+
+from devcluster.processes import wait_until
 
 API = "app.kubernetes.io/name=session-manager,app.kubernetes.io/component=api"
 WORKER = "app.kubernetes.io/name=session-manager,app.kubernetes.io/component=worker"
 REDIS = "app.kubernetes.io/name=redis"
 CHAT_PACE_SECONDS = 0.8  # 75 chats a minute at most
+POLL_SECONDS = 1.0  # each poll runs kubectl or calls the deployed API
 
 
 def create_running_session(api: Any, kubectl: Any, user: str) -> str:
@@ -29,12 +31,12 @@ def create_running_session(api: Any, kubectl: Any, user: str) -> str:
     assert response.status_code == 201, response.text
     session_id = response.json()["uuid"]
     wait_until(lambda: running_pod(kubectl, session_id), timeout=120,
-               what="the session's pod Ready")
+               what="the session's pod Ready", interval=POLL_SECONDS)
     return session_id
 
 
 def running_pod(kubectl: Any, session_id: str) -> dict | None:
-    for pod in kubectl.items("pods", selector(session_id)):
+    for pod in kubectl.session_items("pods", session_id):
         if not pod["metadata"].get("deletionTimestamp") and any(
                 c["type"] == "Ready" and c["status"] == "True"
                 for c in pod["status"].get("conditions") or []):
@@ -131,7 +133,7 @@ def test_rolling_restart_of_the_api_under_chat_load_loses_nothing(
         stored = wait_until(
             lambda: (m := messages(api, session_id)) and all(
                 m.get(mid, {}).get("state") == "delivered" for mid in accepted) and m,
-            timeout=120, what="every accepted chat delivered")
+            timeout=120, what="every accepted chat delivered", interval=POLL_SECONDS)
         assert all(stored[mid]["reply"]["reply"] == "echo: steady" for mid in accepted)
     finally:
         api.delete(f"/session/{session_id}")
@@ -146,8 +148,8 @@ def test_rolling_restart_of_the_worker_delivers_each_message_once(
         # the log of the pod that answers after the wake. (A chat sent while the old pod is
         # still shutting down may be answered by it — once, and stored — which is right, but
         # that pod's log would be gone by the time the test reads it.)
-        wait_until(lambda: not kubectl.items("pods", selector(session_id)), timeout=90,
-                   what="the pod gone after sleep")
+        wait_until(lambda: not kubectl.session_items("pods", session_id), timeout=90,
+                   what="the pod gone after sleep", interval=POLL_SECONDS)
         ids = [f"w-{i}-{uuid.uuid4().hex[:8]}" for i in range(6)]
         for message_id in ids:  # the first chat resumes the session; all wait for the worker
             response = api.post(f"/session/{session_id}/chat",
@@ -156,7 +158,7 @@ def test_rolling_restart_of_the_worker_delivers_each_message_once(
             time.sleep(CHAT_PACE_SECONDS)
         wait_until(lambda: any(m.get("state") == "delivered"
                                for m in messages(api, session_id).values()),
-                   timeout=120, what="the first queued message delivered")
+                   timeout=120, what="the first queued message delivered", interval=POLL_SECONDS)
         kubectl.run("rollout", "restart", "deployment/session-manager-worker",
                     namespace=deployment.control_namespace)
         kubectl.run("rollout", "status", "deployment/session-manager-worker", "--timeout=240s",
@@ -164,7 +166,8 @@ def test_rolling_restart_of_the_worker_delivers_each_message_once(
         stored = wait_until(
             lambda: (m := messages(api, session_id)) and all(
                 m.get(mid, {}).get("state") == "delivered" for mid in ids) and m,
-            timeout=180, what="every queued message delivered after the worker restart")
+            timeout=180, interval=POLL_SECONDS,
+            what="every queued message delivered after the worker restart")
         for message_id in ids:
             assert stored[message_id]["reply"]["reply"] == f"echo: slow:2 {message_id}"
         # The pod saw each message; a redelivery after a worker died mid-way is answered from
@@ -237,7 +240,8 @@ def test_redis_pod_deleted_mid_traffic_comes_back_with_everything(
         assert set(before) <= set(after), (sorted(before), sorted(after))
         wait_until(lambda: all(messages(api, session_id).get(mid, {}).get("state") ==
                                "delivered" for mid in ["r-first", *queued]),
-                   timeout=180, what="the held and the queued messages delivered")
+                   timeout=180, interval=POLL_SECONDS,
+                   what="the held and the queued messages delivered")
         assert restart_counts(kubectl, control, API) == api_restarts_before, \
             "the API recovered by restarting"
     finally:

@@ -11,14 +11,13 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-T = TypeVar("T")
+from devcluster.processes import WaitTimedOut, wait_until
 
-MANAGED_BY = "app.kubernetes.io/managed-by=session-manager"
 SESSION_LABEL = "session-manager/session"
 # Everything a session may own in the cluster: the bundle's kinds plus what they spawn.
 BUNDLE_RESOURCES = (
@@ -29,27 +28,11 @@ OWNED_RESOURCES = (*BUNDLE_RESOURCES, "replicasets.apps", "pods")
 WAKE_BOUND_SECONDS = 120
 DELIVERY_BOUND_SECONDS = 60
 SWEEP_BOUND_SECONDS = 120
-
-
-def wait_until(check: Callable[[], T | None], *, timeout: float, what: str,
-               interval: float = 1.0) -> T:
-    """Call check until it returns something truthy; fail naming `what` after timeout."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
-
-
-def selector(session_id: str) -> str:
-    return f"{MANAGED_BY},{SESSION_LABEL}={session_id}"
+POLL_SECONDS = 1.0  # each poll runs kubectl or calls the deployed API
 
 
 def ready_pods(kubectl: Any, session_id: str) -> list[dict[str, Any]]:
-    pods = kubectl.items("pods", selector(session_id))
+    pods = kubectl.session_items("pods", session_id)
     return [
         pod for pod in pods
         if not pod["metadata"].get("deletionTimestamp")
@@ -66,13 +49,13 @@ def ready_endpoints(kubectl: Any, session_id: str) -> list[str]:
 
 
 def deployment_replicas(kubectl: Any, session_id: str) -> int | None:
-    (deployment,) = kubectl.items("deployments.apps", selector(session_id))
+    (deployment,) = kubectl.session_items("deployments.apps", session_id)
     return deployment["spec"].get("replicas")
 
 
 def scaled_to_zero(kubectl: Any, session_id: str) -> bool:
     return (deployment_replicas(kubectl, session_id) == 0
-            and not kubectl.items("pods", selector(session_id)))
+            and not kubectl.session_items("pods", session_id))
 
 
 def find_message(api: Any, session_id: str, message_id: str) -> dict[str, Any] | None:
@@ -123,10 +106,11 @@ class TestSessionLifecycle:
         session_id = scenario["id"] = body["uuid"]
 
         def bundle() -> dict[str, list[dict[str, Any]]] | None:
-            found = {kind: kubectl.items(kind, selector(session_id)) for kind in BUNDLE_RESOURCES}
+            found = {kind: kubectl.session_items(kind, session_id) for kind in BUNDLE_RESOURCES}
             return found if all(found.values()) else None
 
-        found = wait_until(bundle, timeout=30, what="the four bundle objects")
+        found = wait_until(bundle, timeout=30, interval=POLL_SECONDS,
+                           what="the four bundle objects")
         for kind, items in found.items():
             assert len(items) == 1, f"{kind}: {len(items)} objects"
             labels = items[0]["metadata"]["labels"]
@@ -141,6 +125,7 @@ class TestSessionLifecycle:
         assert response.status_code in (200, 202), response.text
         assert response.json()["action"] == "wake"
         wait_until(lambda: ready_pods(kubectl, session_id), timeout=WAKE_BOUND_SECONDS,
+                   interval=POLL_SECONDS,
                    what=f"the session pod to be Ready (bound {WAKE_BOUND_SECONDS} s)")
         record_latency("create -> pod Ready", time.monotonic() - scenario["created_at"])
         record_latency("wake request -> pod Ready", time.monotonic() - started)
@@ -153,12 +138,12 @@ class TestSessionLifecycle:
             response = api.get(f"/session/{session_id}/status")
             return response.status_code == 200 and response.json()["status"] == "running"
 
-        wait_until(running, timeout=30, what="status running")
+        wait_until(running, timeout=30, what="status running", interval=POLL_SECONDS)
         # "running" follows the Deployment's ready replicas; the Service's endpoint (what the
         # control plane dials) follows a moment later. A chat in that moment is queued (202)
         # and delivered by the worker: nothing lost, but this step wants the direct answer.
         wait_until(lambda: ready_endpoints(kubectl, session_id), timeout=30,
-                   what="the session Service's ready endpoint")
+                   what="the session Service's ready endpoint", interval=POLL_SECONDS)
         time.sleep(1)  # kube-proxy programs the endpoint after the EndpointSlice changes
         response = api.post(f"/session/{session_id}/chat", json={"message": "hello running"})
         assert response.status_code == 200, response.text
@@ -195,7 +180,7 @@ class TestSessionLifecycle:
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "sleeping"
         wait_until(lambda: scaled_to_zero(kubectl, session_id), timeout=90,
-                   what="0 replicas and no pod after sleep")
+                   what="0 replicas and no pod after sleep", interval=POLL_SECONDS)
 
     def test_chat_while_sleeping_wakes_the_pod_and_delivers(
         self, api: Any, kubectl: Any, scenario: dict[str, Any], record_latency: Any,
@@ -210,11 +195,13 @@ class TestSessionLifecycle:
         assert body["status"] == "queued"
         assert body["message_id"] == message_id
         wait_until(lambda: ready_pods(kubectl, session_id), timeout=WAKE_BOUND_SECONDS,
+                   interval=POLL_SECONDS,
                    what=f"KEDA to scale the session 0 -> 1 (bound {WAKE_BOUND_SECONDS} s)")
         ready_at = time.monotonic()
         message = wait_until(
             lambda: replied(api, session_id, message_id, "hello sleeping"),
-            timeout=DELIVERY_BOUND_SECONDS, what="the queued message's reply",
+            timeout=DELIVERY_BOUND_SECONDS, interval=POLL_SECONDS,
+            what="the queued message's reply",
         )
         replied_at = scenario["last_activity"] = time.monotonic()
         assert message["message_id"] == message_id
@@ -255,7 +242,7 @@ class TestSessionLifecycle:
         try:
             wait_until(lambda: not leftovers(), timeout=SWEEP_BOUND_SECONDS,
                        what=f"no object labelled {SESSION_LABEL}={session_id}", interval=2)
-        except pytest.fail.Exception:
+        except WaitTimedOut:
             pytest.fail(f"left after delete: {leftovers()}")
         assert api.get(f"/session/{session_id}/status").status_code == 404
 
@@ -301,7 +288,7 @@ def test_service_recovers_after_redis_restarts(api: Any, kubectl: Any,
                           what="a session to be created after the Redis restart")
     session_id = response.json()["uuid"]
     try:
-        wait_until(lambda: kubectl.items("deployments.apps", selector(session_id)),
-                   timeout=30, what="the new session's Deployment")
+        wait_until(lambda: kubectl.session_items("deployments.apps", session_id),
+                   timeout=30, what="the new session's Deployment", interval=POLL_SECONDS)
     finally:
         assert api.delete(f"/session/{session_id}").status_code == 200

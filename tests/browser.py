@@ -15,15 +15,17 @@ machine.
 
 - And it is held to that: chromedriver, and so the browser it starts, runs in a cgroup of its
   own whose packets to anything but loopback are rejected and counted (devcluster's egress
-  guard, `network.browser_guard()`); the `browser` fixture fails a test after which the count
-  is not 0. (Where the guard cannot be set up — no root, no cgroup v2 — the fixture fails under
-  REQUIRE_FULL_STACK=1, as CI runs, and otherwise says it runs unguarded.)
+  guard, `network.browser_guard()`); the `browser` fixture (guarded_browser) fails a test
+  after which the count is not 0. (Where the guard cannot be set up — no root, no cgroup
+  v2 — the fixture fails under REQUIRE_FULL_STACK=1, as CI runs, and otherwise says it runs
+  unguarded.)
 
 How to check that with strace, and what it shows: `python -m tests.browser --help`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -32,6 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from devcluster.processes import WaitTimedOut, wait_until
 
 INSTALL = "apt-get install -y chromium chromium-driver"
 REAL_BINARY = Path("/usr/lib/chromium/chromium")  # where Debian's package puts the browser
@@ -155,12 +159,12 @@ def _guard():
     return guard
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator:
+@contextlib.contextmanager
+def guarded_browser(tmp_path: Path) -> Iterator:
     """A headless Chromium (Selenium WebDriver) with a throwaway profile under tmp_path, in
     the egress guard's cgroup; the guard must have stopped nothing by the end.
 
-    The page's console log is printed at teardown (pytest shows it when the test failed);
+    The page's console log is printed at the end (pytest shows it when the test failed);
     chromedriver's log is tmp_path/chromedriver.log."""
     guard = _guard()
     try:
@@ -186,11 +190,9 @@ def browser(tmp_path: Path) -> Iterator:
 
 def _wait_empty(guard, seconds: float = 10) -> None:
     """chromedriver and the browser gone from the cgroup (quit() does not wait for them)."""
-    import time
-
-    deadline = time.monotonic() + seconds
-    while guard.member_pids() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    with contextlib.suppress(WaitTimedOut):  # best effort: remove() keeps a cgroup in use
+        wait_until(lambda: not guard.member_pids(), timeout=seconds, interval=0.1,
+                   what="the browser's processes to end")
 
 
 def console(driver) -> list[dict]:

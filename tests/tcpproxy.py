@@ -12,7 +12,7 @@ import struct
 import threading
 import time
 
-from devcluster.processes import free_port
+from devcluster.ports import free_port
 
 
 class TcpProxy:

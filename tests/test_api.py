@@ -17,7 +17,8 @@ from service.core.transitions import Actor
 from service.http import create_app
 from service.store import keys as store_keys
 from service.worker.status_watch import StatusTracker
-from tests.conftest import API_KEY, mark_deployment_ready
+
+from .constants import API_KEY
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -94,7 +95,7 @@ def test_idempotency_key_makes_a_retried_create_return_the_same_session(client, 
 
 
 def test_chat_queues_without_a_ready_pod_and_is_processed_by_a_ready_one(
-        settings, store, kube, demo_agent):
+        settings, store, kube, demo_agent, mark_ready):
     client = create_app(settings.replace(pod_url_template=demo_agent.url), store=store,
                         kube=kube).test_client()
     sid = create(client)["uuid"]
@@ -109,7 +110,7 @@ def test_chat_queues_without_a_ready_pod_and_is_processed_by_a_ready_one(
 
     # The queued message is the worker's (test_worker); a fresh session answers directly.
     sid = create(client)["uuid"]
-    mark_deployment_ready(kube, sid)
+    mark_ready(sid)
     sync_status(kube, store, sid)
     processed = client.post(f"/session/{sid}/chat",
                             json={"message": "hi pod", "message_id": "m-1"}, headers=KEY)
@@ -127,14 +128,14 @@ def test_chat_queues_without_a_ready_pod_and_is_processed_by_a_ready_one(
     assert [d["message_id"] for d in demo_agent.deliveries()] == ["m-1"]
 
 
-def test_wake_status_sleep(client, kube, store):
+def test_wake_status_sleep(client, kube, store, mark_ready):
     sid = create(client)["uuid"]
     woke = client.post(f"/session/{sid}/wake", headers=KEY)
     assert woke.status_code == 202 and woke.json == {"uuid": sid, "action": "wake",
                                                      "status": "waking"}
     assert store.redis.sismember(store_module.work_key(sid), "active")  # the wake signal
 
-    mark_deployment_ready(kube, sid)
+    mark_ready(sid)
     sync_status(kube, store, sid)
     status = client.get(f"/session/{sid}/status", headers=KEY).json
     assert status["status"] == "running" and status["ready_replicas"] == 1

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import time
 
-from service.store import keys as store_keys
+import pytest
 
-from .conftest import mark_deployment_ready, wait_for, watching_status
+from devcluster.processes import wait_until
+from service.store import keys as store_keys
 
 BUDGET = 60_000
 SMALL = {"max_message_chars": 5000, "max_reply_bytes": 4096, "max_session_bytes": BUDGET}
@@ -20,11 +21,17 @@ def kept_bytes(store, session_id: str) -> int:
     return sum(store.redis.hstrlen(key, field) for field in store.redis.hkeys(key))
 
 
-def make_running(api, kube, worker, session_id: str) -> None:
-    """Its pod ready, as the real status watch records it."""
-    with watching_status(worker):
-        mark_deployment_ready(kube, session_id)
-        wait_for(lambda: api.status(session_id)["status"] == "running", what="running")
+@pytest.fixture
+def make_running(mark_ready, status_watch):
+    """make_running(api, worker, session_id): its pod ready, as the real status watch
+    records it."""
+    def make(api, worker, session_id: str) -> None:
+        with status_watch(worker):
+            mark_ready(session_id)
+            wait_until(lambda: api.status(session_id)["status"] == "running", timeout=10,
+                       what="running")
+
+    return make
 
 
 def states(api, session_id: str) -> list[str]:
@@ -32,7 +39,7 @@ def states(api, session_id: str) -> list[str]:
 
 
 def test_a_conversation_keeps_within_its_byte_budget_and_never_drops_undelivered_messages(
-        settings, store, kube, demo_agent, make_api, make_worker):
+        settings, store, demo_agent, make_api, make_worker, make_running):
     settings = settings.replace(pod_url_template=demo_agent.url, **SMALL)
     api = make_api(settings)
     session_id = api.create()
@@ -47,10 +54,10 @@ def test_a_conversation_keeps_within_its_byte_budget_and_never_drops_undelivered
     assert states(api, session_id) == ["queued"] * admitted  # nothing dropped to make room
 
     worker = make_worker(settings)
-    make_running(api, kube, worker, session_id)
+    make_running(api, worker, session_id)
     worker.deliver_due()
-    wait_for(lambda: not worker._draining and store.messages.due_sessions() == [], timeout=30,
-             what="the deliveries")
+    wait_until(lambda: not worker._draining and store.messages.due_sessions() == [], timeout=30,
+               what="the deliveries")
     # Every admitted message was delivered (the oldest settled ones made room for replies).
     assert set(m["message_id"] for m in api.messages(session_id)) <= {
         f"q-{n}" for n in range(admitted)}
@@ -66,12 +73,12 @@ def test_a_conversation_keeps_within_its_byte_budget_and_never_drops_undelivered
 
 
 def test_a_reply_past_max_reply_bytes_fails_its_message_at_once(
-        settings, store, kube, demo_agent, make_api, make_worker):
+        settings, store, demo_agent, make_api, make_worker, make_running):
     settings = settings.replace(pod_url_template=demo_agent.url, **SMALL)
     api = make_api(settings)
     session_id = api.create()
     worker = make_worker(settings)
-    make_running(api, kube, worker, session_id)
+    make_running(api, worker, session_id)
     code, body = api.chat(session_id, "y" * 4500, "big")  # the echo is over 4,096 bytes
     assert (code, body["status"]) == (200, "failed")
     assert "MAX_REPLY_BYTES" in body["error"]
@@ -83,22 +90,22 @@ def test_a_reply_past_max_reply_bytes_fails_its_message_at_once(
 
 
 def test_connection_refused_right_after_a_wake_does_not_burn_attempts(
-        settings, store, kube, make_agent, make_api, make_worker):
+        settings, store, make_agent, make_api, make_worker, make_running):
     agent = make_agent()  # its port is chosen; nothing listens on it yet
     settings = settings.replace(pod_url_template=agent.url, delivery_max_attempts=2,
                                 delivery_backoff_seconds=0.2)
     api = make_api(settings)
     session_id = api.create()
     worker = make_worker(settings)
-    make_running(api, kube, worker, session_id)
+    make_running(api, worker, session_id)
     assert api.chat(session_id, "hello", "m-1")[1]["status"] == "queued"  # refused
     for _ in range(8):  # 4 s of refused connections: two counted attempts would fail it
         worker.deliver_due()
-        wait_for(lambda: not worker._draining, what="the attempt to end")
+        wait_until(lambda: not worker._draining, timeout=10, what="the attempt to end")
         time.sleep(0.5)
     [message] = api.messages(session_id)
     assert message["state"] == "queued" and message["attempts"] <= 1, message
     agent.start()
-    wait_for(lambda: (worker.deliver_due() or True) and states(api, session_id) == ["delivered"],
-             timeout=15, interval=0.3, what="the delivery")
+    wait_until(lambda: (worker.deliver_due() or True) and states(api, session_id) == ["delivered"],
+               timeout=15, interval=0.3, what="the delivery")
     assert [d["message_id"] for d in agent.deliveries()] == ["m-1"]

@@ -7,15 +7,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+from devcluster.processes import wait_until
 from service.core.transitions import Actor
 
-from .conftest import (
-    WORKER_LEASE_SECONDS,
-    mark_deployment_ready,
-    running,
-    wait_for,
-    watching_status,
-)
+from .constants import WORKER_LEASE_SECONDS
 
 
 def delivered_ids(agent) -> list[str]:
@@ -27,20 +22,22 @@ def states(api, session_id: str) -> list[str]:
 
 
 def test_chat_to_a_sleeping_session_is_delivered_once_and_in_order(
-        settings, store, kube, demo_agent, make_api, make_worker):
+        settings, store, demo_agent, make_api, make_worker, mark_ready, status_watch):
     settings = settings.replace(pod_url_template=demo_agent.url)
     api = make_api(settings)
     session_id = api.create()
     worker = make_worker(settings)
-    with watching_status(worker):
+    with status_watch(worker):
         # KEDA scaled the new session to 0; the real watch tells the record.
-        mark_deployment_ready(kube, session_id, ready=0, replicas=0)
-        wait_for(lambda: api.status(session_id)["status"] == "sleeping", what="sleeping")
+        mark_ready(session_id, ready=0, replicas=0)
+        wait_until(lambda: api.status(session_id)["status"] == "sleeping", timeout=10,
+                   what="sleeping")
         assert api.chat(session_id, "first", "m-1") == (202, {
             "uuid": session_id, "status": "queued", "message_id": "m-1",
             "message": "Pod is waking up, message queued"})
-        mark_deployment_ready(kube, session_id)
-        wait_for(lambda: api.status(session_id)["status"] == "running", what="running")
+        mark_ready(session_id)
+        wait_until(lambda: api.status(session_id)["status"] == "running", timeout=10,
+                   what="running")
         # The pod is ready but m-1 has not been delivered yet: later chats must queue behind
         # it, not overtake it by being forwarded straight to the pod.
         for n in (2, 3):
@@ -49,8 +46,9 @@ def test_chat_to_a_sleeping_session_is_delivered_once_and_in_order(
         assert api.status(session_id)["queue_length"] == 3
 
     assert worker.deliver_due() == 1  # the pod became ready: the session is due at once
-    wait_for(lambda: states(api, session_id) == ["delivered"] * 3, what="three deliveries")
-    wait_for(lambda: not worker._draining, what="the drain to end")
+    wait_until(lambda: states(api, session_id) == ["delivered"] * 3, timeout=10,
+               what="three deliveries")
+    wait_until(lambda: not worker._draining, timeout=10, what="the drain to end")
     assert worker.deliver_due() == 0  # nothing left pending for this session
 
     messages = api.messages(session_id)
@@ -69,47 +67,49 @@ def test_chat_to_a_sleeping_session_is_delivered_once_and_in_order(
 
 
 def test_a_pod_killed_mid_delivery_gets_the_message_after_it_restarts(
-        settings, kube, make_agent, make_api, make_worker):
+        settings, make_agent, make_api, make_worker, mark_ready, running_worker):
     agent = make_agent(delay_seconds=2).start()
     settings = settings.replace(pod_url_template=agent.url, delivery_backoff_seconds=0.2,
                                 delivery_max_attempts=10, pod_timeout_seconds=10)
     api = make_api(settings)
     session_id = api.create()
     assert api.chat(session_id, "survive this", "m-1")[0] == 202
-    with running(make_worker(settings)):
-        mark_deployment_ready(kube, session_id)
-        wait_for(lambda: delivered_ids(agent) == ["m-1"], what="the delivery to start")
+    with running_worker(make_worker(settings)):
+        mark_ready(session_id)
+        wait_until(lambda: delivered_ids(agent) == ["m-1"], timeout=10,
+                   what="the delivery to start")
         agent.kill()  # while the worker waits for the reply
-        wait_for(lambda: api.messages(session_id)[0].get("error"), what="a failed attempt")
+        wait_until(lambda: api.messages(session_id)[0].get("error"), timeout=10,
+                   what="a failed attempt")
         assert api.messages(session_id)[0]["state"] in ("queued", "delivering")
         agent.start()  # same port, same state file: the pod came back
-        wait_for(lambda: states(api, session_id) == ["delivered"], timeout=15, what="delivery")
+        wait_until(lambda: states(api, session_id) == ["delivered"], timeout=15, what="delivery")
 
     [message] = api.messages(session_id)
     assert message["attempts"] >= 2
     assert message["reply"]["reply"] == "echo: survive this"
-    assert message["reply"]["pid"] == agent.process.pid  # answered by the restarted agent
+    assert message["reply"]["pid"] == agent.daemon.pid  # answered by the restarted agent
     assert "error" not in message
     # The killed attempt reached the agent; the retries while it was down did not.
     assert delivered_ids(agent).count("m-1") <= 2
 
 
 def test_a_worker_killed_mid_delivery_is_relieved_after_its_lease(
-        settings, kube, make_agent, make_api, worker_process):
+        settings, make_agent, make_api, worker_process, mark_ready):
     agent = make_agent(delay_seconds=2).start()
     settings = settings.replace(pod_url_template=agent.url)
     api = make_api(settings)
     session_id = api.create()
     assert api.chat(session_id, "keep going", "m-1")[0] == 202
     first = worker_process(settings, "first")
-    mark_deployment_ready(kube, session_id)  # the process's status watch makes it running
-    wait_for(lambda: first.alive() and delivered_ids(agent) == ["m-1"], timeout=20,
-             what="the first attempt")
+    mark_ready(session_id)  # the process's status watch makes it running
+    wait_until(lambda: delivered_ids(agent) == ["m-1"], timeout=20, what="the first attempt",
+               daemon=first)
     first.kill()  # SIGKILL mid-delivery: its lease and the in-flight message stay behind
     assert states(api, session_id) == ["delivering"]
     second = worker_process(settings, "second")
-    wait_for(lambda: second.alive() and states(api, session_id) == ["delivered"], timeout=20,
-             what="delivery")
+    wait_until(lambda: states(api, session_id) == ["delivered"], timeout=20, what="delivery",
+               daemon=second)
     assert second.stop() == 0
 
     [message] = api.messages(session_id)
@@ -122,7 +122,8 @@ def test_a_worker_killed_mid_delivery_is_relieved_after_its_lease(
 
 
 def test_two_worker_processes_never_deliver_a_message_twice(
-        settings, store, kube, make_agent, make_api, worker_process):
+        settings, store, make_agent, make_api, worker_process, mark_ready,
+        logged_deliveries):
     # More sessions than one worker has delivery threads (8 here), and a pod that takes a while:
     # the worker that polls first cannot start every drain at once, so the other one claims
     # sessions that the first one's queued drains then also try to claim.
@@ -138,10 +139,9 @@ def test_two_worker_processes_never_deliver_a_message_twice(
             assert api.chat(session_id, f"hello {message_id}", message_id)[0] == 202
     workers = [worker_process(settings, name, DELIVERY_CONCURRENCY="8") for name in ("a", "b")]
     for session_id in sent:
-        mark_deployment_ready(kube, session_id)
-    wait_for(lambda: all(w.alive() for w in workers)
-             and all(states(api, sid) == ["delivered"] * per_session for sid in sent),
-             timeout=40, what="every delivery")
+        mark_ready(session_id)
+    wait_until(lambda: all(states(api, sid) == ["delivered"] * per_session for sid in sent),
+               timeout=40, what="every delivery", daemon=workers)
     assert [worker.stop() for worker in workers] == [0, 0]  # SIGTERM: a clean stop
 
     deliveries = agent.deliveries()
@@ -150,24 +150,24 @@ def test_two_worker_processes_never_deliver_a_message_twice(
     for session_id, ids in sent.items():
         assert [d["message_id"] for d in deliveries if d["session_id"] == session_id] == ids
         assert all(m["attempts"] == 1 for m in api.messages(session_id))
-    shares = [worker.delivered() for worker in workers]
+    shares = [logged_deliveries(worker) for worker in workers]
     assert sum(shares) == sessions * per_session
     assert min(shares) > 0, shares  # both really delivered
     assert store.messages.due_sessions() == []
 
 
 def test_a_message_that_keeps_failing_ends_failed_and_does_not_block_the_next(
-        settings, kube, demo_agent, make_api, make_worker):
+        settings, demo_agent, make_api, make_worker, mark_ready, running_worker):
     settings = settings.replace(pod_url_template=demo_agent.url, delivery_max_attempts=3,
                                 delivery_backoff_seconds=0.05)
     api = make_api(settings)
     session_id = api.create()
     assert api.chat(session_id, "fail: on purpose", "bad")[0] == 202  # the agent answers 500
     assert api.chat(session_id, "all good", "good")[0] == 202
-    with running(make_worker(settings)):
-        mark_deployment_ready(kube, session_id)
-        wait_for(lambda: states(api, session_id) == ["failed", "delivered"], timeout=15,
-                 what="bad failed, good delivered")
+    with running_worker(make_worker(settings)):
+        mark_ready(session_id)
+        wait_until(lambda: states(api, session_id) == ["failed", "delivered"], timeout=15,
+                   what="bad failed, good delivered")
 
     bad, good = api.messages(session_id)
     assert bad["attempts"] == 3
@@ -192,7 +192,7 @@ def test_a_late_attempt_cannot_undo_a_newer_outcome(settings, store, make_api):
     assert api.chat(session_id, "slow one", "m-1")[0] == 202
     store.records.set_status(session_id, "running", actor=Actor.WATCH)  # what the watch writes
     late = store.messages.claim_delivery(session_id, lease_seconds=1, max_attempts=5)
-    current = wait_for(
+    current = wait_until(
         lambda: store.messages.claim_delivery(session_id, lease_seconds=30, max_attempts=5),
         timeout=3, what="the lease to lapse")
     assert current["message"]["attempts"] == 2

@@ -13,6 +13,7 @@ import time
 import pytest
 import requests
 
+from devcluster.processes import wait_until
 from service import store as store_module
 from service.core import sse
 from service.core.clock import utc_now
@@ -20,7 +21,7 @@ from service.core.transitions import Actor
 from service.http.event_stream import EventStreams
 from service.sessions.notices import Notices
 
-from .conftest import API_KEY, mark_deployment_ready, wait_for
+from .constants import API_KEY
 
 KEY = {"X-API-Key": API_KEY}
 STREAM_ENV = {"EVENTS_HEARTBEAT_SECONDS": "0.5"}
@@ -63,15 +64,16 @@ class EventReader:
         return [(f.id, f.event, json.loads(f.data)) for _, f in list(self.frames)
                 if kind is None or f.event == kind]
 
-    def wait_for(self, predicate, timeout: float = 20, what: str = "events"):
-        return wait_for(lambda: predicate(self), timeout=timeout, what=what)
+    def wait_until(self, predicate, timeout: float = 20, what: str = "events"):
+        """wait_until(predicate(reader)): what this stream has shown by then."""
+        return wait_until(lambda: predicate(self), timeout=timeout, what=what)
 
     def close(self) -> None:
         self.response.close()
 
 
 @pytest.fixture
-def stack(settings, kube, store, api_process, worker_process, make_agent):
+def stack(settings, kube, store, api_process, worker_process, make_agent, mark_ready):
     """An API process, a worker process (status watch, delivery) and a streaming demo agent;
     `running()` gives a session whose pod is ready."""
 
@@ -92,10 +94,10 @@ def stack(settings, kube, store, api_process, worker_process, make_agent):
 
         def running(self) -> str:
             session_id = self.create()["uuid"]
-            mark_deployment_ready(kube, session_id)
-            wait_for(lambda: requests.get(f"{self.url}/session/{session_id}/status",
-                                          headers=KEY, timeout=5).json()["status"] == "running",
-                     timeout=20, what="running")
+            mark_ready(session_id)
+            wait_until(lambda: requests.get(f"{self.url}/session/{session_id}/status",
+                                            headers=KEY, timeout=5).json()["status"] == "running",
+                       timeout=20, what="running")
             return session_id
 
         def status(self, session_id: str) -> str:
@@ -106,13 +108,13 @@ def stack(settings, kube, store, api_process, worker_process, make_agent):
             """Slept, and scaled to 0 as KEDA would."""
             assert requests.post(f"{self.url}/session/{session_id}/sleep", headers=KEY,
                                  timeout=10).status_code == 200
-            mark_deployment_ready(kube, session_id, ready=0, replicas=0)
+            mark_ready(session_id, ready=0, replicas=0)
 
         def wake(self, session_id: str) -> None:
             """Woken, and its pod ready again as KEDA and the kubelet would make it."""
             assert requests.post(f"{self.url}/session/{session_id}/wake", headers=KEY,
                                  timeout=10).status_code in (200, 202)
-            mark_deployment_ready(kube, session_id)
+            mark_ready(session_id)
 
         def chat(self, session_id: str, message: str, message_id: str | None = None,
                  url: str | None = None) -> requests.Response:
@@ -158,14 +160,14 @@ def test_a_reply_streams_in_as_the_pod_writes_it_and_is_stored_once(stack):
     session_id = stack.running()
     reader = EventReader(stack.url, session_id)
     try:
-        reader.wait_for(lambda r: r.events("status"), what="the status snapshot")
+        reader.wait_until(lambda r: r.events("status"), what="the status snapshot")
         _, kind, snapshot = reader.events()[0]
         assert (kind, snapshot["status"], snapshot["ready_replicas"]) == ("status", "running", 1)
         started = time.monotonic()
         response = stack.chat(session_id, WORDS, "m-1")  # forwarded by the API process
         assert response.status_code == 200, response.text
         assert response.json()["pod_response"]["reply"] == f"echo: {WORDS}"
-        reader.wait_for(lambda r: r.events("reply"), what="the final reply")
+        reader.wait_until(lambda r: r.events("reply"), what="the final reply")
         events = reader.events()
     finally:
         reader.close()
@@ -189,9 +191,9 @@ def test_a_reply_streams_in_as_the_pod_writes_it_and_is_stored_once(stack):
 def test_a_client_that_lost_its_stream_resumes_with_nothing_missed_or_repeated(stack):
     session_id = stack.running()
     first = EventReader(stack.url, session_id)
-    first.wait_for(lambda r: r.events("status"))
+    first.wait_until(lambda r: r.events("status"))
     assert stack.chat(session_id, "first message here", "a-1").status_code == 200
-    first.wait_for(lambda r: r.events("reply"))
+    first.wait_until(lambda r: r.events("reply"))
     seen = first.events()
     first.close()
     last_id = seen[-1][0]
@@ -200,13 +202,13 @@ def test_a_client_that_lost_its_stream_resumes_with_nothing_missed_or_repeated(s
         assert stack.chat(session_id, f"message number {n}", f"a-{n}").status_code == 200
     resumed = EventReader(stack.url, session_id, after=last_id)
     try:
-        resumed.wait_for(lambda r: len(r.events("reply")) == 2, what="both missed replies")
+        resumed.wait_until(lambda r: len(r.events("reply")) == 2, what="both missed replies")
         again = resumed.events()
     finally:
         resumed.close()
     everything = EventReader(f"{stack.url}", session_id, after="0")
     try:
-        everything.wait_for(lambda r: len(r.events("reply")) == 3, what="the whole log")
+        everything.wait_until(lambda r: len(r.events("reply")) == 3, what="the whole log")
         log = everything.events()
     finally:
         everything.close()
@@ -234,20 +236,20 @@ def test_a_client_that_lost_its_stream_resumes_with_nothing_missed_or_repeated(s
 
 
 def test_an_event_written_by_one_process_reaches_a_stream_served_by_another(
-        stack, api_process):
+        stack, api_process, logged_deliveries):
     other = api_process(stack.settings, **STREAM_ENV)  # a second API replica
     session_id = stack.running()
     # Asleep, so the chat is queued and delivered by the worker process, not by either API.
     stack.sleep(session_id)
     reader = EventReader(other.url, session_id)
     try:
-        reader.wait_for(lambda r: r.events("status"))
+        reader.wait_until(lambda r: r.events("status"))
         response = stack.chat(session_id, "across replicas", "x-1")
         assert response.status_code == 202
-        reader.wait_for(lambda r: [e for e in r.events("message")
-                                   if e[2]["state"] == "queued"], what="queued")
+        reader.wait_until(lambda r: [e for e in r.events("message")
+                                     if e[2]["state"] == "queued"], what="queued")
         stack.wake(session_id)
-        reader.wait_for(lambda r: r.events("reply"), timeout=30, what="the worker's reply")
+        reader.wait_until(lambda r: r.events("reply"), timeout=30, what="the worker's reply")
         events = reader.events()
     finally:
         reader.close()
@@ -255,7 +257,7 @@ def test_an_event_written_by_one_process_reaches_a_stream_served_by_another(
     assert "running" in statuses[1:]  # the status watch's change, written by the worker
     chunks, final = reply_text(events, "x-1")
     assert final == "echo: across replicas" and is_live_view_of(chunks, final)
-    assert stack.worker.delivered() == 1
+    assert logged_deliveries(stack.worker) == 1
 
 
 def test_a_stream_cut_mid_reply_is_delivered_again_and_the_client_sees_one_reply(stack):
@@ -263,10 +265,10 @@ def test_a_stream_cut_mid_reply_is_delivered_again_and_the_client_sees_one_reply
     stack.sleep(session_id)
     reader = EventReader(stack.url, session_id)
     try:
-        reader.wait_for(lambda r: r.events("status"))
+        reader.wait_until(lambda r: r.events("status"))
         assert stack.chat(session_id, f"cut: {WORDS}", "c-1").status_code == 202
         stack.wake(session_id)
-        reader.wait_for(lambda r: r.events("reply"), timeout=40, what="the reply")
+        reader.wait_until(lambda r: r.events("reply"), timeout=40, what="the reply")
         events = reader.events()
     finally:
         reader.close()
@@ -309,7 +311,7 @@ def test_streams_are_bounded_per_session_and_per_process_with_429(stack, api_pro
         assert process_full.status_code == 429, process_full.text
         assert "MAX_EVENT_STREAMS" in process_full.json()["error"]
         readers.pop(0).close()  # noticed at its next heartbeat (0.5 s)
-        reopened = wait_for(lambda: (r := requests.get(
+        reopened = wait_until(lambda: (r := requests.get(
             f"{small.url}/session/{session_id}/events", headers=KEY, stream=True,
             timeout=10)).status_code == 200 and r, timeout=10, what="a freed place")
         reopened.close()
@@ -348,13 +350,13 @@ def test_a_deleted_session_ends_its_streams_and_a_trimmed_log_says_gap(stack, ap
     short = api_process(stack.settings, **STREAM_ENV, MAX_EVENTS_KEPT="10")
     session_id = stack.running()
     reader = EventReader(short.url, session_id)
-    reader.wait_for(lambda r: r.events("status"))
+    reader.wait_until(lambda r: r.events("status"))
     first_id = reader.events()[0][0]
     for n in range(8):  # 3+ events each: more than the log keeps
         requests.post(f"{short.url}/session/{session_id}/chat", headers=KEY,
                       json={"message": f"m{n}"}, timeout=30)
     late = EventReader(short.url, session_id, after=first_id)
-    late.wait_for(lambda r: r.events(), what="the gap")
+    late.wait_until(lambda r: r.events(), what="the gap")
     assert late.events()[0][1] == "gap"
     late.close()
     assert requests.delete(f"{stack.url}/session/{session_id}", headers=KEY,
@@ -366,7 +368,7 @@ def test_a_deleted_session_ends_its_streams_and_a_trimmed_log_says_gap(stack, ap
 def test_a_stopping_api_process_ends_its_streams_at_once(stack):
     session_id = stack.running()
     reader = EventReader(stack.url, session_id)
-    reader.wait_for(lambda r: r.events("status"))
+    reader.wait_until(lambda r: r.events("status"))
     started = time.monotonic()
     stack.api.process.terminate()
     assert stack.api.process.wait(20) == 0

@@ -12,7 +12,8 @@ from collections import Counter
 import pytest
 import requests
 
-from devcluster.processes import free_port
+from devcluster.ports import free_port
+from devcluster.processes import WaitTimedOut, wait_until
 from service import bundle
 from service import store as store_module
 from service.core import names
@@ -24,14 +25,8 @@ from service.store import keys as store_keys
 from service.worker import Worker
 from service.worker.reconciler import Reconciler
 from service.worker.runner import WATCH_TIMEOUT_SECONDS
-from tests.conftest import (
-    API_KEY,
-    kube_through,
-    mark_deployment_ready,
-    wait_for,
-    watching_status,
-)
-from tests.tcpproxy import TcpProxy
+
+from .constants import API_KEY
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -128,13 +123,6 @@ def test_health_tells_whether_a_worker_is_delivering(client, store):
 # -- the Kubernetes API server going away, through a TCP proxy in front of the real one ------
 
 
-@pytest.fixture
-def proxy(apiserver):
-    proxy = TcpProxy(apiserver.port)
-    yield proxy
-    proxy.close()
-
-
 def objects_by_session(kube, settings) -> dict[str, int]:
     sample = names.new_session_id()
     found: Counter = Counter()
@@ -150,8 +138,9 @@ def objects_by_session(kube, settings) -> dict[str, int]:
 @pytest.mark.filterwarnings("ignore::ResourceWarning",
                             "ignore::pytest.PytestUnraisableExceptionWarning")
 def test_the_api_server_going_away_during_creates_and_deletes_leaves_nothing_unowned(
-        settings, store, kube, proxy, apiserver):
-    through = kube_through(proxy, apiserver, settings.namespace)
+        settings, store, kube, apiserver_proxy, kube_through):
+    proxy = apiserver_proxy
+    through = kube_through(proxy)
     client = create_app(settings, store=store, kube=through).test_client()
     try:
         first = create(client)  # also warms API discovery
@@ -193,23 +182,25 @@ def test_the_api_server_going_away_during_creates_and_deletes_leaves_nothing_uno
 @pytest.mark.filterwarnings("ignore::ResourceWarning",
                             "ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_watch_that_goes_silent_is_given_up_and_status_catches_up(
-        settings, store, kube, proxy, apiserver, make_api, make_worker):
+        settings, store, apiserver_proxy, kube_through, make_api, make_worker, mark_ready,
+        status_watch):
     """A half-open connection (the proxy holds every byte): the watch's read deadline ends
     it, and once the path is back the status follows the cluster again."""
     session_id = make_api(settings).create()
-    through = kube_through(proxy, apiserver, settings.namespace)
+    proxy = apiserver_proxy
+    through = kube_through(proxy)
     worker = Worker(settings, store, through, watch_timeout_seconds=1)  # watching through it
     try:
-        with watching_status(worker):
+        with status_watch(worker):
             time.sleep(1)  # the watch is open
             proxy.silent()
-            mark_deployment_ready(kube, session_id)  # an event the silent path holds back
+            mark_ready(session_id)  # an event the silent path holds back
             time.sleep(3)
             assert store.records.get_session(session_id)["status"] != "running"
             proxy.forward()  # new connections pass; the held one stays stuck
-            wait_for(lambda: store.records.get_session(session_id)["status"] == "running",
-                     timeout=WATCH_TIMEOUT_SECONDS + WATCH_READ_MARGIN_SECONDS + 15,
-                     what="the status after the watch gave up")
+            wait_until(lambda: store.records.get_session(session_id)["status"] == "running",
+                       timeout=WATCH_TIMEOUT_SECONDS + WATCH_READ_MARGIN_SECONDS + 15,
+                       what="the status after the watch gave up")
     finally:
         proxy.forward()
         worker.delivery_pool.shutdown(wait=False)
@@ -221,8 +212,8 @@ def test_a_watch_that_goes_silent_is_given_up_and_status_catches_up(
 
 
 def test_redis_restarted_mid_traffic_loses_nothing_and_needs_no_restart(
-        settings, store, kube, redis_server, make_agent, make_worker, api_process,
-        worker_process):
+        settings, store, redis_server, make_agent, make_worker, api_process,
+        worker_process, mark_ready, status_watch):
     agent = make_agent(delay_seconds=0.05).start()
     settings = settings.replace(pod_url_template=agent.url)
     api = api_process(settings, RATE_LIMITS_ENABLED="false", REDIS_SOCKET_TIMEOUT_SECONDS="1")
@@ -233,11 +224,11 @@ def test_redis_restarted_mid_traffic_loses_nothing_and_needs_no_restart(
                                  headers=KEY, timeout=30)
         assert response.status_code == 201, response.text
         session_ids.append(response.json()["uuid"])
-    with watching_status(make_worker(settings)):
+    with status_watch(make_worker(settings)):
         for session_id in session_ids:
-            mark_deployment_ready(kube, session_id)
-        wait_for(lambda: all(store.records.get_session(s)["status"] == "running"
-                             for s in session_ids), timeout=15, what="running")
+            mark_ready(session_id)
+        wait_until(lambda: all(store.records.get_session(s)["status"] == "running"
+                               for s in session_ids), timeout=15, what="running")
     worker = worker_process(settings, "w", REDIS_SOCKET_TIMEOUT_SECONDS="1")
     answers: list[tuple[str, int, str]] = []  # (message_id, status, code)
     stop = threading.Event()
@@ -275,10 +266,10 @@ def test_redis_restarted_mid_traffic_loses_nothing_and_needs_no_restart(
     assert statuses[503] > 0 and statuses[200] + statuses[202] > 20, statuses
     accepted = [message_id for message_id, status, _ in answers if status in (200, 202)]
     try:
-        wait_for(lambda: worker.alive() and Counter(
-            d["message_id"] for d in agent.deliveries()) >= Counter(accepted),
-            timeout=40, interval=0.5, what="every accepted message delivered")
-    except AssertionError:
+        wait_until(lambda: Counter(d["message_id"] for d in agent.deliveries())
+                   >= Counter(accepted), timeout=40, interval=0.5,
+                   what="every accepted message delivered", daemon=worker)
+    except WaitTimedOut:
         missing = set(accepted) - {d["message_id"] for d in agent.deliveries()}
         states = {}
         for session_id in session_ids:
@@ -288,7 +279,7 @@ def test_redis_restarted_mid_traffic_loses_nothing_and_needs_no_restart(
                     states[m["message_id"]] = (m["state"], m.get("attempts"), m.get("error"))
         raise AssertionError(f"undelivered: {sorted(missing)}; states {states}; answers "
                              f"{[a for a in answers if a[0] in missing]}; worker log "
-                             f"{worker.log_file.read_text()[-2000:]}") from None
+                             f"{worker.log_tail(2000)}") from None
     delivered = Counter(d["message_id"] for d in agent.deliveries())
     assert all(delivered[m] == 1 for m in accepted), "a message was delivered twice"
     assert requests.get(f"{api.url}/health", timeout=5).status_code == 200

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from service.core.errors import InvalidField
 from service.http import create_app, parse_json_object
-from tests.conftest import API_KEY
+
+from .constants import API_KEY
 
 KEY = {"X-API-Key": API_KEY}
 FUZZ = hypothesis_settings(max_examples=300, deadline=None, derandomize=True,

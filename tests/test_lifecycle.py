@@ -8,14 +8,14 @@ import time
 
 from kubernetes import client as k8s
 
+from devcluster.processes import wait_until
 from service import bundle
+from service import store as store_module
 from service.bundle import KindRef
 from service.core import names
 from service.core.clock import utc_now
 from service.store import keys as store_keys
 from service.worker.reconciler import Reconciler
-
-from .conftest import mark_deployment_ready, store_module, wait_for, watching_status
 
 
 def bundle_owners(kube, settings) -> list[str]:
@@ -27,7 +27,7 @@ def bundle_owners(kube, settings) -> list[str]:
 
 
 def test_forwarded_chats_keep_the_session_active_for_keda_until_idle(
-        settings, store, kube, demo_agent, make_api, make_worker):
+        settings, store, kube, demo_agent, make_api, make_worker, mark_ready, status_watch):
     # IDLE_TIMEOUT 4 s, KEDA cooldown 1 s: the work set must vanish 3 s after the last activity.
     settings = settings.replace(pod_url_template=demo_agent.url, idle_timeout_seconds=4,
                                 keda_cooldown_period_seconds=1)
@@ -41,9 +41,10 @@ def test_forwarded_chats_keep_the_session_active_for_keda_until_idle(
                                  bundle.label_selector(session_id))
     assert [t["metadata"]["sessionId"] for t in scaled["spec"]["triggers"]] == [session_id]
     assert store.records.work([session_id]) == {session_id: 1}  # new: active for IDLE_TIMEOUT
-    with watching_status(make_worker(settings)):
-        mark_deployment_ready(kube, session_id)
-        wait_for(lambda: api.status(session_id)["status"] == "running", what="running")
+    with status_watch(make_worker(settings)):
+        mark_ready(session_id)
+        wait_until(lambda: api.status(session_id)["status"] == "running", timeout=10,
+                   what="running")
 
     # A conversation longer than the set's TTL, every chat answered by the pod directly.
     started, chats = time.monotonic(), 0
@@ -60,8 +61,8 @@ def test_forwarded_chats_keep_the_session_active_for_keda_until_idle(
         time.sleep(0.7)
     assert store.records.work([session_id]) == {session_id: 1}  # still active, past its first TTL
 
-    wait_for(lambda: not store.redis.exists(work), timeout=ttl_ms / 1000 + 2,
-             interval=0.02, what="the work set to expire")
+    wait_until(lambda: not store.redis.exists(work), timeout=ttl_ms / 1000 + 2,
+               interval=0.02, what="the work set to expire")
     idle = time.monotonic() - last_chat
     assert settings.activity_ttl_seconds - 0.5 < idle < settings.activity_ttl_seconds + 0.5
     assert store.records.work([session_id]) == {session_id: 0}  # inactive: KEDA may now scale to 0
@@ -69,7 +70,7 @@ def test_forwarded_chats_keep_the_session_active_for_keda_until_idle(
 
 
 def test_status_follows_the_cluster_through_the_watch(
-        settings, kube, apiserver, make_api, make_worker):
+        settings, kube, apiserver, make_api, make_worker, mark_ready, status_watch):
     api = make_api(settings)
     session_id = api.create()
     core = k8s.CoreV1Api(kube.api_client)
@@ -79,23 +80,24 @@ def test_status_follows_the_cluster_through_the_watch(
         body = api.status(session_id)
         return body["status"], body.get("reason")
 
-    with watching_status(make_worker(settings)):
-        mark_deployment_ready(kube, session_id)
-        wait_for(lambda: status() == ("running", None), what="running")
+    with status_watch(make_worker(settings)):
+        mark_ready(session_id)
+        wait_until(lambda: status() == ("running", None), timeout=10, what="running")
         assert api.status(session_id)["ready_replicas"] == 1
 
         # KEDA scaled it to 0: asleep already while its pod is still shutting down...
         k8s.AppsV1Api(kube.api_client).patch_namespaced_deployment_scale(
             names.object_name(session_id), kube.namespace, {"spec": {"replicas": 0}})
-        wait_for(lambda: status() == ("sleeping", None), what="sleeping")
+        wait_until(lambda: status() == ("sleeping", None), timeout=10, what="sleeping")
         # ...and once the pod is gone.
-        mark_deployment_ready(kube, session_id, ready=0, replicas=0)
-        wait_for(lambda: api.status(session_id)["ready_replicas"] == 0, what="the pod gone")
+        mark_ready(session_id, ready=0, replicas=0)
+        wait_until(lambda: api.status(session_id)["ready_replicas"] == 0, timeout=10,
+                   what="the pod gone")
         assert status() == ("sleeping", None)
 
         # Woken again, but its pod cannot pull its image.
-        mark_deployment_ready(kube, session_id, ready=0, replicas=1)
-        wait_for(lambda: status() == ("waking", None), what="waking")
+        mark_ready(session_id, ready=0, replicas=1)
+        wait_until(lambda: status() == ("waking", None), timeout=10, what="waking")
         labels = bundle.bundle_labels(session_id)
         core.create_namespaced_pod(kube.namespace, {
             "metadata": {"name": pod_name, "labels": labels},
@@ -110,14 +112,15 @@ def test_status_follows_the_cluster_through_the_watch(
                                       "message": "Back-off pulling image"}},
             }],
         }})
-        wait_for(lambda: status() == ("failed", "ImagePullBackOff"), what="failed")
+        wait_until(lambda: status() == ("failed", "ImagePullBackOff"), timeout=10, what="failed")
         assert api.status(session_id)["replicas"] == 1
 
         # Someone fixed the image: the failing pod is replaced and the new one gets ready.
         core.delete_namespaced_pod(pod_name, kube.namespace, grace_period_seconds=0)
-        wait_for(lambda: status() == ("waking", None), what="waking after the pod went")
-        mark_deployment_ready(kube, session_id)
-        wait_for(lambda: status() == ("running", None), what="running again")
+        wait_until(lambda: status() == ("waking", None), timeout=10,
+                   what="waking after the pod went")
+        mark_ready(session_id)
+        wait_until(lambda: status() == ("running", None), timeout=10, what="running again")
 
 
 def test_reconciler_sweeps_orphan_bundles_and_expired_sessions(
@@ -138,8 +141,8 @@ def test_reconciler_sweeps_orphan_bundles_and_expired_sessions(
     live = make_api(settings).create()
     per_bundle = len(bundle_owners(kube, settings)) // 3
     assert sorted(bundle_owners(kube, settings)) == sorted([orphan, expired, live] * per_bundle)
-    wait_for(lambda: not store.redis.exists(store_keys.record_key(expired)), timeout=5,
-             what="the record to expire")
+    wait_until(lambda: not store.redis.exists(store_keys.record_key(expired)), timeout=5,
+               what="the record to expire")
 
     figures = Reconciler(settings, store, kube).run_once()
 

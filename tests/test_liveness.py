@@ -12,18 +12,18 @@ import time
 import pytest
 import requests
 
-from .conftest import wait_for
+from devcluster.processes import wait_until
 
 
 def healthz_port(worker) -> int:
     """The port the worker process serves /healthz on, from its log."""
     def port() -> int | None:
-        for line in worker.log_file.read_text().splitlines():
+        for line in worker.output().splitlines():
             if line.startswith("{") and json.loads(line).get("message") == "health serving":
                 return json.loads(line)["port"]
         return None
 
-    return wait_for(lambda: worker.alive() and port(), timeout=30, what="/healthz serving")
+    return wait_until(port, timeout=30, what="/healthz serving", daemon=worker)
 
 
 @pytest.mark.slow
@@ -41,7 +41,8 @@ def test_a_worker_with_no_traffic_stays_healthy_for_three_minutes(settings, work
         answers.append(response.status_code)
         assert response.status_code == 200, response.json()
         time.sleep(5)
-    assert worker.alive() and len(answers) >= 30
+    worker.check_running()
+    assert len(answers) >= 30
 
 
 def test_a_long_archive_pass_is_progress_not_a_stall(settings, store, kube, make_api,
@@ -96,8 +97,8 @@ def test_an_archiver_that_really_hangs_is_still_caught(settings, store, kube, ma
     thread = threading.Thread(target=worker.archive_periodically, args=(stop,), daemon=True)
     thread.start()
     try:
-        assert "archiver" in wait_for(worker.heartbeats.stalled, timeout=10,
-                                      what="the hung archiver to be reported")
+        assert "archiver" in wait_until(worker.heartbeats.stalled, timeout=10,
+                                        what="the hung archiver to be reported")
     finally:
         hung.set()
         stop.set()

@@ -9,13 +9,13 @@ import socket
 from pathlib import Path
 
 from devcluster import apiserver as apiserver_module
-from devcluster import processes
+from devcluster import ports
 from devcluster.apiserver import RedisServer
 
 
 def test_ports_are_chosen_below_the_ephemeral_range():
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    chosen = {processes.free_port() for _ in range(50)}
+    chosen = {ports.free_port() for _ in range(50)}
     assert all(port < low for port in chosen)
     assert len(chosen) == 50  # none handed out twice while its daemon may not have bound it
 
@@ -27,7 +27,7 @@ def test_a_daemon_whose_port_was_taken_starts_again_on_another(tmp_path, monkeyp
         port = taken.getsockname()[1]
         handed = iter([port])  # the race: a port free when chosen, taken before the bind
         monkeypatch.setattr(apiserver_module, "free_port",
-                            lambda: next(handed, None) or processes.free_port())
+                            lambda: next(handed, None) or ports.free_port())
         server = RedisServer(tmp_path).start()
         try:
             assert server.port != port

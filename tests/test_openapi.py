@@ -18,7 +18,8 @@ from schemathesis.specs.openapi.checks import (
 
 from service.http import create_app
 from service.http.admin import openapi_description
-from tests.conftest import API_KEY
+
+from .constants import API_KEY
 
 KEY = {"X-API-Key": API_KEY}
 EXAMPLES = 40  # per operation

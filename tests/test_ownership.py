@@ -9,12 +9,11 @@ import time
 
 from kubernetes import client as k8s
 
+from devcluster.processes import wait_until
 from service import bundle
 from service.core import names
 from service.core.transitions import STATUSES, TRANSITIONS, Actor, lua_table, may_move
 from service.worker.reconciler import Reconciler
-
-from .conftest import mark_deployment_ready, running, wait_for, watching_status
 
 # Archiving on, quick: ARCHIVE_AFTER_SECONDS must exceed IDLE_TIMEOUT.
 ARCHIVING = {"archive_after_seconds": 3600, "idle_timeout_seconds": 120}
@@ -48,13 +47,15 @@ def test_the_store_refuses_a_move_the_table_does_not_allow(settings, store, make
     assert store.redis.zscore("sm:st:failed", session_id) is None
 
 
-def sleeping(api, kube, session_id: str) -> None:
-    mark_deployment_ready(kube, session_id, ready=0, replicas=0)
-    wait_for(lambda: api.status(session_id)["status"] == "sleeping", what="sleeping")
+def sleeping(api, mark_ready, session_id: str) -> None:
+    mark_ready(session_id, ready=0, replicas=0)
+    wait_until(lambda: api.status(session_id)["status"] == "sleeping", timeout=10,
+               what="sleeping")
 
 
 def test_a_wake_never_overwrites_the_running_the_watch_saw_meanwhile(
-        settings, store, kube, demo_agent, make_api, make_worker, monkeypatch):
+        settings, store, kube, demo_agent, make_api, make_worker, monkeypatch, mark_ready,
+        running_worker):
     """The field report: wake() read `sleeping`, the watch wrote `running` while the unpause
     was in flight, and the wake then wrote `waking` over it — for good (the watch does not
     re-list on its own), so the queued chat was never delivered and the pod never slept."""
@@ -67,21 +68,21 @@ def test_a_wake_never_overwrites_the_running_the_watch_saw_meanwhile(
 
     def unpause_while_the_pod_becomes_ready(sid: str, paused: bool) -> bool:
         if not paused:
-            mark_deployment_ready(kube, sid)  # KEDA's scale-up lands first...
-            wait_for(lambda: store.records.get_session(sid)["status"] == "running",
-                     what="the watch's running")  # ...and the watch records it
+            mark_ready(sid)  # KEDA's scale-up lands first...
+            wait_until(lambda: store.records.get_session(sid)["status"] == "running",
+                       timeout=10, what="the watch's running")  # ...and the watch records it
         return real_set_paused(sid, paused)
 
-    with running(worker):
-        sleeping(api, kube, session_id)
+    with running_worker(worker):
+        sleeping(api, mark_ready, session_id)
         assert api.chat(session_id, "are you up?", "m-1")[0] == 202
         monkeypatch.setattr(sessions.kube, "set_paused", unpause_while_the_pod_becomes_ready)
         response = api.client.post(f"/session/{session_id}/wake", headers=api.headers)
         assert response.status_code in (200, 202), response.get_json()
         assert response.get_json()["status"] == "running"
         assert api.status(session_id)["status"] == "running"
-        wait_for(lambda: api.messages(session_id)[0]["state"] == "delivered", timeout=10,
-                 what="the queued chat delivered")
+        wait_until(lambda: api.messages(session_id)[0]["state"] == "delivered", timeout=10,
+                   what="the queued chat delivered")
 
 
 def test_a_wake_racing_the_archiver_brings_the_session_back(
@@ -149,16 +150,17 @@ def crash_looping(kube, session_id: str, reason: str = "CrashLoopBackOff") -> No
 
 
 def test_a_session_that_stays_failed_fails_its_queued_chats_and_lets_its_pod_go(
-        settings, store, kube, demo_agent, make_api, make_worker):
+        settings, store, kube, demo_agent, make_api, make_worker, mark_ready, running_worker,
+        status_watch):
     settings = settings.replace(pod_url_template=demo_agent.url, failed_session_grace_seconds=2)
     api = make_api(settings)
     session_id = api.create()
     reconciler = Reconciler(settings, store, kube)
     worker = make_worker(settings)
-    with watching_status(worker):
-        mark_deployment_ready(kube, session_id, ready=0)
+    with status_watch(worker):
+        mark_ready(session_id, ready=0)
         crash_looping(kube, session_id)
-        wait_for(lambda: api.status(session_id)["status"] == "failed", what="failed")
+        wait_until(lambda: api.status(session_id)["status"] == "failed", timeout=10, what="failed")
         assert api.status(session_id)["reason"] == "CrashLoopBackOff"
         for message_id in ("m-1", "m-2"):
             assert api.chat(session_id, "anyone?", message_id)[0] == 202
@@ -182,10 +184,11 @@ def test_a_session_that_stays_failed_fails_its_queued_chats_and_lets_its_pod_go(
         assert api.chat(session_id, "better now?", "m-3")[0] == 202
         k8s.CoreV1Api(kube.api_client).delete_namespaced_pod(
             f"{names.object_name(session_id)}-crash", kube.namespace, grace_period_seconds=0)
-        mark_deployment_ready(kube, session_id)
-        wait_for(lambda: api.status(session_id)["status"] == "running", what="running")
-    with running(worker):
-        wait_for(lambda: api.messages(session_id)[-1]["state"] == "delivered", timeout=10,
-                 what="m-3 delivered")
+        mark_ready(session_id)
+        wait_until(lambda: api.status(session_id)["status"] == "running", timeout=10,
+                   what="running")
+    with running_worker(worker):
+        wait_until(lambda: api.messages(session_id)[-1]["state"] == "delivered", timeout=10,
+                   what="m-3 delivered")
     assert store.redis.zscore("sm:failing", session_id) is None
     assert reconciler.run_once()["messages_failed"] == 0

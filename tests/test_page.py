@@ -15,10 +15,10 @@ from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from .browser import binaries, browser, console, screenshot
-from .conftest import API_KEY, mark_deployment_ready, wait_for
+from devcluster.processes import wait_until
 
-__all__ = ["browser"]  # the fixture, imported for pytest
+from .browser import binaries, console, screenshot
+from .constants import API_KEY
 
 # 40 words, streamed 0.05 s apart: ~2 s of a reply growing on screen.
 WORDS = " ".join(f"word{n}" for n in range(1, 41))
@@ -87,7 +87,7 @@ def open_page(driver, url: str) -> None:
     until(driver, lambda d: d.title == "session-manager chat", "the chat page")
 
 
-def sign_in_and_create(driver, kube) -> str:
+def sign_in_and_create(driver, mark_ready) -> str:
     """Enter the key, create a session from the page; it is selected and turns running live."""
     driver.find_element(By.ID, "api-key").send_keys(API_KEY)
     driver.find_element(By.ID, "user-id").send_keys("alice@example.com")
@@ -98,7 +98,7 @@ def sign_in_and_create(driver, kube) -> str:
     assert "alice@example.com" in item.text
     until(driver, lambda d: text(d, "#stream-state") == "connected", "the stream connected")
     assert text(driver, "#status") != "running"  # no pod yet
-    mark_deployment_ready(kube, session_id)  # as the kubelet would; the worker's watch sees it
+    mark_ready(session_id)  # as the kubelet would; the worker's watch sees it
     until(driver, lambda d: text(d, "#status") == "running", "the status turn running")
     return session_id
 
@@ -128,10 +128,10 @@ def page_errors(driver) -> list[dict]:
 
 
 def test_a_reply_streams_into_the_page_word_by_word_and_settles_delivered(
-        browser, stack, kube, tmp_path):
+        browser, stack, tmp_path, mark_ready):
     api = stack()
     open_page(browser, api.url)
-    session_id = sign_in_and_create(browser, kube)
+    session_id = sign_in_and_create(browser, mark_ready)
     browser.execute_script(RECORD)
     send(browser, WORDS)
     full = f"echo: {WORDS}"
@@ -165,12 +165,12 @@ def test_a_reply_streams_into_the_page_word_by_word_and_settles_delivered(
 
 
 def test_across_stream_ends_the_status_follows_sleep_and_wake_and_a_reply_arrives_whole(
-        browser, stack, kube):
+        browser, stack, mark_ready):
     """The server ends each stream after a second; the page resumes from its last event id
     (after the 2 s the server's `retry:` asks for): nothing it missed meanwhile is lost."""
     api = stack(EVENT_STREAM_MAX_SECONDS="1")
     open_page(browser, api.url)
-    session_id = sign_in_and_create(browser, kube)
+    session_id = sign_in_and_create(browser, mark_ready)
     browser.execute_script(RECORD)
     until(browser, lambda d: reconnects(d) >= 2, "two resumed streams")
 
@@ -182,12 +182,12 @@ def test_across_stream_ends_the_status_follows_sleep_and_wake_and_a_reply_arrive
     browser.find_element(By.ID, "sleep").click()
     until(browser, lambda d: text(d, "#status") == "sleeping", "the status turn sleeping",
           also=api_status)
-    mark_deployment_ready(kube, session_id, ready=0, replicas=0)  # KEDA scales it to 0
+    mark_ready(session_id, ready=0, replicas=0)  # KEDA scales it to 0
     assert browser.find_element(By.CSS_SELECTOR, "#sessions li.selected .st").text == "sleeping"
     browser.find_element(By.ID, "wake").click()
     until(browser, lambda d: text(d, "#status") == "waking", "the status turn waking",
           also=api_status)
-    mark_deployment_ready(kube, session_id)  # KEDA and the kubelet bring the pod back
+    mark_ready(session_id)  # KEDA and the kubelet bring the pod back
     until(browser, lambda d: text(d, "#status") == "running", "the status turn running again",
           also=api_status)
 
@@ -209,10 +209,10 @@ def test_across_stream_ends_the_status_follows_sleep_and_wake_and_a_reply_arrive
 
 
 def test_a_reload_restores_the_chat_markup_stays_text_and_delete_removes_the_session(
-        browser, stack, kube):
+        browser, stack, mark_ready):
     api = stack()
     open_page(browser, api.url)
-    session_id = sign_in_and_create(browser, kube)
+    session_id = sign_in_and_create(browser, mark_ready)
 
     markup = '<img src=x id=injected onerror="document.title=1">hello & <b>bye</b>'
     send(browser, markup)
@@ -249,9 +249,9 @@ def test_a_reload_restores_the_chat_markup_stays_text_and_delete_removes_the_ses
     until(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, "#sessions li[data-uuid]"),
           "the session gone from the list")
     assert text(browser, "#stream-state") == "idle"
-    wait_for(lambda: requests.get(f"{api.url}/session/{session_id}/status",
-                                  headers={"X-API-Key": API_KEY}, timeout=5).status_code == 404,
-             what="the session deleted")
+    wait_until(lambda: requests.get(f"{api.url}/session/{session_id}/status",
+                                    headers={"X-API-Key": API_KEY}, timeout=5).status_code == 404,
+               timeout=10, what="the session deleted")
     assert page_errors(browser) == []
 
 

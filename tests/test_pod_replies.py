@@ -12,9 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from devcluster.processes import wait_until
 from service.core.transitions import Actor
-
-from .conftest import mark_deployment_ready, running, wait_for, watching_status
 
 # What buggy agents send, and what becomes of it.
 DEEP = "[" * 5000 + "]" * 5000
@@ -96,14 +95,15 @@ def expected(kind: str, message: dict) -> None:
 
 @pytest.mark.parametrize("kind", sorted(POISON))
 def test_a_poisoned_reply_forwarded_by_the_api_settles_and_answers_no_500(
-        settings, store, kube, make_api, make_worker, buggy_pod, kind):
+        settings, store, make_api, make_worker, buggy_pod, kind, mark_ready, status_watch):
     pod = buggy_pod(kind)
     settings = settings.replace(pod_url_template=pod.url)
     api = make_api(settings)
     session_id = api.create()
-    with watching_status(make_worker(settings)):
-        mark_deployment_ready(kube, session_id)
-        wait_for(lambda: api.status(session_id)["status"] == "running", what="running")
+    with status_watch(make_worker(settings)):
+        mark_ready(session_id)
+        wait_until(lambda: api.status(session_id)["status"] == "running", timeout=10,
+                   what="running")
     code, body = api.chat(session_id, "say something odd", "m-1")
     assert code == 200, body  # processed with the mended reply, or failed: never a 500
     [message] = api.messages(session_id)
@@ -116,18 +116,18 @@ def test_a_poisoned_reply_forwarded_by_the_api_settles_and_answers_no_500(
 
 @pytest.mark.parametrize("kind", sorted(POISON))
 def test_a_poisoned_reply_delivered_by_the_worker_settles(
-        settings, store, kube, make_api, make_worker, buggy_pod, kind):
+        settings, store, kube, make_api, make_worker, buggy_pod, kind, running_worker):
     pod = buggy_pod(kind)
     settings = settings.replace(pod_url_template=pod.url, delivery_backoff_seconds=0.1)
     api = make_api(settings)
     session_id = api.create()
     assert api.chat(session_id, "say something odd", "m-1")[0] == 202  # not running: queued
     worker = make_worker(settings)
-    with running(worker):
+    with running_worker(worker):
         store.records.set_status(session_id, "running", actor=Actor.WATCH, replicas=1,
                          ready_replicas=1)
-        wait_for(lambda: api.messages(session_id)[0]["state"] in ("delivered", "failed"),
-                 timeout=20, what="the message settled")
+        wait_until(lambda: api.messages(session_id)[0]["state"] in ("delivered", "failed"),
+                   timeout=20, what="the message settled")
     [message] = api.messages(session_id)
     expected(kind, message)
     assert pod.requests <= settings.delivery_max_attempts

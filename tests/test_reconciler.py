@@ -8,15 +8,15 @@ import time
 
 from kubernetes import client as k8s
 
+from devcluster.processes import wait_until
 from service import bundle
+from service import store as store_module
 from service.core import names
 from service.core.clock import utc_now
 from service.kube import Kube
 from service.store import keys as store_keys
 from service.worker import reconciler
 from service.worker.reconciler import Reconciler
-
-from .conftest import store_module, wait_for
 
 EXPIRED = 150  # past the 100 a pass used to reap
 
@@ -40,8 +40,8 @@ def test_one_pass_reaps_every_expired_record_and_pages_through_the_cluster(
     orphans = [names.new_session_id() for _ in range(10)]
     for session_id in orphans:
         kube.apply(bundle.render(session_id, settings, store_module.keda_keys(session_id)))
-    wait_for(lambda: not any(store.redis.exists(store_keys.record_key(s)) for s in expired),
-             timeout=10, what="the records to expire")
+    wait_until(lambda: not any(store.redis.exists(store_keys.record_key(s)) for s in expired),
+               timeout=10, what="the records to expire")
 
     figures = Reconciler(settings, store, kube).run_once()
 

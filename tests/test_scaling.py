@@ -17,7 +17,9 @@ import pytest
 import requests
 import yaml
 
+from devcluster.processes import wait_until
 from service import kube as kube_module
+from service import store as store_module
 from service.bundle import KindRef
 from service.core import names
 from service.core.transitions import Actor
@@ -28,17 +30,6 @@ from service.store import keys as store_keys
 from service.worker import Worker
 from service.worker.push_scaler import ScalerServer, protos, services
 from service.worker.reconciler import Reconciler
-from tests.tcpproxy import TcpProxy
-
-from .conftest import (
-    SessionApi,
-    kube_through,
-    mark_deployment_ready,
-    running,
-    store_module,
-    wait_for,
-    watching_status,
-)
 
 SCALED_OBJECT = KindRef("keda.sh/v1alpha1", "ScaledObject")
 
@@ -75,7 +66,7 @@ def scaler_servers(settings, scaler_certs):
 # -- one truth: the work set ---------------------------------------------------------------
 
 def test_a_claimed_message_whose_pod_died_stays_work_until_it_is_delivered(
-        settings, store, kube, make_agent, make_api):
+        settings, store, kube, make_agent, make_api, mark_ready, running_worker, status_watch):
     """The pod dies under a delivery: the message is in flight, not queued. It must keep the
     session active past IDLE_TIMEOUT (a queue-length trigger would let KEDA scale to 0 and
     strand it), and be delivered once a pod answers again."""
@@ -87,9 +78,10 @@ def test_a_claimed_message_whose_pod_died_stays_work_until_it_is_delivered(
     worker = Worker(settings, store_module.Store.from_url(
         settings.redis_url, socket_timeout_seconds=2, session_ttl_seconds=3600,
         activity_ttl_seconds=settings.activity_ttl_seconds), kube, watch_timeout_seconds=1)
-    with watching_status(worker):
-        mark_deployment_ready(kube, session_id)
-        wait_for(lambda: api.status(session_id)["status"] == "running", what="running")
+    with status_watch(worker):
+        mark_ready(session_id)
+        wait_until(lambda: api.status(session_id)["status"] == "running", timeout=10,
+                   what="running")
         agent.kill()  # the pod dies
         code, body = api.chat(session_id, "are you still there?", "m-1")
         assert (code, body["status"]) == (202, "queued")  # the forward failed: kept in flight
@@ -99,16 +91,17 @@ def test_a_claimed_message_whose_pod_died_stays_work_until_it_is_delivered(
         assert store.redis.ttl(store_module.work_key(session_id)) == -1
 
         agent.start()  # a pod again (KEDA kept it at 1; the Deployment made a new one)
-        with running(worker):
-            wait_for(lambda: store.records.work([session_id]) == {session_id: 1}, timeout=15,
-                     what="the in-flight message settled")
+        with running_worker(worker):
+            wait_until(lambda: store.records.work([session_id]) == {session_id: 1}, timeout=15,
+                       what="the in-flight message settled")
             # Settled: the idle clock runs from the reply.
             assert store.redis.pttl(store_module.work_key(session_id)) > 0
     assert [m["state"] for m in api.messages(session_id)] == ["delivered"]
 
 
-def test_a_slept_session_with_waiting_messages_is_not_polled(settings, store, kube, make_api,
-                                                             make_worker):
+def test_a_slept_session_with_waiting_messages_is_not_polled(settings, store, make_api,
+                                                             make_worker, mark_ready,
+                                                             status_watch):
     api = make_api(settings)
     session_id = api.create()
     assert api.chat(session_id, "for later", "m-1")[0] == 202  # no pod yet: queued
@@ -116,8 +109,8 @@ def test_a_slept_session_with_waiting_messages_is_not_polled(settings, store, ku
     worker = make_worker(settings)
     worker.deliver_due()
     worker.delivery_pool.submit(lambda: None).result(5)  # the drain it started has run
-    wait_for(lambda: session_id not in store.messages.due_sessions(),
-             what="out of the pending index")
+    wait_until(lambda: session_id not in store.messages.due_sessions(),
+               timeout=10, what="out of the pending index")
     assert store.redis.zscore(store_keys.PENDING_INDEX, session_id) is None
     assert store.records.work([session_id]) == {session_id: -1}  # asleep: no scaler wakes it
     assert store.messages.queue_length(session_id) == 1  # kept
@@ -125,9 +118,10 @@ def test_a_slept_session_with_waiting_messages_is_not_polled(settings, store, ku
     # Woken and ready: due at once, no poll needed.
     assert api.client.post(f"/session/{session_id}/wake", headers=api.headers).status_code in (
         200, 202)
-    with watching_status(worker):
-        mark_deployment_ready(kube, session_id)
-        wait_for(lambda: session_id in store.messages.due_sessions(), what="due once running")
+    with status_watch(worker):
+        mark_ready(session_id)
+        wait_until(lambda: session_id in store.messages.due_sessions(), timeout=10,
+                   what="due once running")
 
 
 # -- sleep that cannot drift -----------------------------------------------------------------
@@ -159,29 +153,24 @@ def test_a_pause_flag_that_drifted_from_the_cluster_neither_blocks_a_wake_nor_la
 @pytest.mark.filterwarnings("ignore::ResourceWarning",
                             "ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_chat_whose_resume_fails_is_still_accepted_and_its_retry_resumes(
-        settings, store, kube, apiserver):
-    proxy = TcpProxy(apiserver.port)
-    through = kube_through(proxy, apiserver, settings.namespace)
-    api = SessionApi(settings, through)
-    try:
-        session_id = api.create()
-        assert api.client.post(f"/session/{session_id}/sleep",
-                               headers=api.headers).status_code == 200
-        proxy.refuse()  # the ScaledObject cannot be unpaused: the API server is away
-        code, body = api.chat(session_id, "kept anyway", "m-1")
-        assert (code, body["status"]) == (202, "queued")  # accepted: never a 503 after it
-        assert store.messages.queue_length(session_id) == 1
-        assert store.records.get_session(session_id)["paused"] == "1"  # not resumed...
-        assert kube.is_paused(session_id)
-        proxy.forward()
-        code, body = api.chat(session_id, "kept anyway", "m-1")  # ...until the retry
-        assert (code, body["status"]) == (202, "queued")
-        assert not kube.is_paused(session_id)
-        assert store.records.get_session(session_id)["paused"] == "0"
-        assert store.messages.queue_length(session_id) == 1  # the retry was not a second message
-    finally:
-        api.close()
-        proxy.close()
+        settings, store, kube, apiserver_proxy, kube_through, make_api):
+    proxy = apiserver_proxy
+    api = make_api(settings, kube=kube_through(proxy))
+    session_id = api.create()
+    assert api.client.post(f"/session/{session_id}/sleep",
+                           headers=api.headers).status_code == 200
+    proxy.refuse()  # the ScaledObject cannot be unpaused: the API server is away
+    code, body = api.chat(session_id, "kept anyway", "m-1")
+    assert (code, body["status"]) == (202, "queued")  # accepted: never a 503 after it
+    assert store.messages.queue_length(session_id) == 1
+    assert store.records.get_session(session_id)["paused"] == "1"  # not resumed...
+    assert kube.is_paused(session_id)
+    proxy.forward()
+    code, body = api.chat(session_id, "kept anyway", "m-1")  # ...until the retry
+    assert (code, body["status"]) == (202, "queued")
+    assert not kube.is_paused(session_id)
+    assert store.records.get_session(session_id)["paused"] == "0"
+    assert store.messages.queue_length(session_id) == 1  # the retry was not a second message
 
 
 # -- the push scaler -------------------------------------------------------------------------
@@ -240,12 +229,13 @@ def test_a_chat_is_pushed_at_once_to_a_stream_on_any_replica(
 
             reader = threading.Thread(target=read, daemon=True)
             reader.start()
-            wait_for(lambda srv=server: srv.scaler.open_streams == 1, what="the stream open")
+            wait_until(lambda srv=server: srv.scaler.open_streams == 1, timeout=10,
+                       what="the stream open")
             time.sleep(0.3)
             assert received == []  # idle: nothing pushed
             admitted = time.monotonic()
             assert api.chat(session_id, "wake up", f"m-{server.bound_port}")[0] == 202
-            wait_for(lambda got=received: got, timeout=2, interval=0.005, what="the push")
+            wait_until(lambda got=received: got, timeout=2, interval=0.005, what="the push")
             assert received[0] - admitted < 0.5
             stream.cancel()
             reader.join(5)
@@ -302,7 +292,7 @@ class TricklingPod:
 
 
 def test_a_trickling_pod_gets_no_second_concurrent_delivery(
-        settings, store, kube, make_api, make_worker):
+        settings, store, make_api, make_worker, mark_ready, running_worker, status_watch):
     pod = TricklingPod()
     settings = settings.replace(pod_url_template=f"http://127.0.0.1:{pod.port}",
                                 pod_timeout_seconds=1.5, delivery_lease_seconds=3,
@@ -316,12 +306,13 @@ def test_a_trickling_pod_gets_no_second_concurrent_delivery(
         api = make_api(settings)
         session_id = api.create()
         worker = make_worker(settings)
-        with watching_status(worker), running(worker):
-            mark_deployment_ready(kube, session_id)
-            wait_for(lambda: api.status(session_id)["status"] == "running", what="running")
+        with status_watch(worker), running_worker(worker):
+            mark_ready(session_id)
+            wait_until(lambda: api.status(session_id)["status"] == "running", timeout=10,
+                       what="running")
             api.chat(session_id, "take your time", "m-1")
-            wait_for(lambda: [m["state"] for m in api.messages(session_id)] == ["failed"],
-                     timeout=20, what="the message failed after its attempts")
+            wait_until(lambda: [m["state"] for m in api.messages(session_id)] == ["failed"],
+                       timeout=20, what="the message failed after its attempts")
     finally:
         pod.close()
     spans = sorted(pod.connections)[1:]  # the first one was the direct PodClient call
@@ -385,7 +376,8 @@ class FreezingProxy:
 
 
 def test_a_stalled_status_watch_is_detected_and_restarted(
-        settings, store, kube, apiserver, make_api, monkeypatch, tmp_path):
+        settings, store, kube, apiserver, make_api, monkeypatch, tmp_path, mark_ready,
+        status_watch):
     monkeypatch.setattr(watching_module, "WATCH_READ_MARGIN_SECONDS", 2)
     kubeconfig = yaml.safe_load(Path(apiserver.kubeconfig).read_text())
     server = kubeconfig["clusters"][0]["cluster"]["server"]
@@ -400,16 +392,16 @@ def test_a_stalled_status_watch_is_detected_and_restarted(
     session_id = api.create()
     worker = Worker(settings, store, proxied, watch_timeout_seconds=2)
     try:
-        with watching_status(worker):
-            wait_for(lambda: store.records.get_session(session_id)["status"] == "waking",
-                     timeout=10, what="the watch's first view")
+        with status_watch(worker):
+            wait_until(lambda: store.records.get_session(session_id)["status"] == "waking",
+                       timeout=10, what="the watch's first view")
             assert proxy.accepted >= 2, "the watches do not go through the proxy"
             before = proxy.accepted
             proxy.freeze()  # the watch's connection goes silent; the server's end never comes
-            mark_deployment_ready(kube, session_id)
+            mark_ready(session_id)
             # Seen through a new watch: the frozen one hit its read deadline (2 s + 2 s).
-            wait_for(lambda: store.records.get_session(session_id)["status"] == "running",
-                     timeout=15, interval=0.2, what="the status through a restarted watch")
+            wait_until(lambda: store.records.get_session(session_id)["status"] == "running",
+                       timeout=15, interval=0.2, what="the status through a restarted watch")
             assert proxy.accepted > before  # over a new connection
             proxy.close()  # so the stop does not wait on the frozen sockets' deadlines
     finally:
@@ -428,9 +420,10 @@ def test_the_worker_healthz_fails_when_a_loop_stalls(settings, store, kube, make
                               daemon=True)
     thread.start()
     try:
-        wait_for(lambda: worker.health is not None, what="the health server")
+        wait_until(lambda: worker.health is not None, timeout=10, what="the health server")
         url = f"http://127.0.0.1:{worker.health.port}/healthz"
-        wait_for(lambda: requests.get(url, timeout=2).status_code == 200, what="healthy")
+        wait_until(lambda: requests.get(url, timeout=2).status_code == 200, timeout=10,
+                   what="healthy")
         assert requests.get(url, timeout=2).json() == {"status": "ok"}
 
         real_due = worker.store.messages.due_sessions
@@ -441,8 +434,8 @@ def test_the_worker_healthz_fails_when_a_loop_stalls(settings, store, kube, make
             return real_due(**kwargs)
 
         monkeypatch.setattr(worker.store.messages, "due_sessions", hang)
-        wait_for(lambda: requests.get(url, timeout=2).status_code == 503, timeout=10,
-                 what="/healthz to report the stalled delivery loop")
+        wait_until(lambda: requests.get(url, timeout=2).status_code == 503, timeout=10,
+                   what="/healthz to report the stalled delivery loop")
         assert "delivery" in requests.get(url, timeout=2).json()["stalled"]
     finally:
         stop.set()

@@ -10,9 +10,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 
-from .conftest import API_KEY, mark_deployment_ready, wait_for, watching_status
+from devcluster.processes import wait_until
+
+from .constants import API_KEY
 
 HEADERS = {"X-API-Key": API_KEY}
 SLOW_AGENT_SECONDS = 20
@@ -83,7 +86,7 @@ def test_an_oversized_body_is_read_and_answered_413_with_nothing_stored(settings
 
 
 def test_health_stays_fast_while_fifty_chats_wait_on_a_slow_agent(
-        settings, kube, make_agent, make_worker, api_process):
+        settings, make_agent, running_sessions, api_process):
     """One API process (one gevent worker), 50 running sessions, a chat to each held 20 s by
     its agent: /health and /status answer throughout in well under 100 ms, and every chat
     gets its reply. (One session takes one message at a time, in order: the fifty are
@@ -93,7 +96,7 @@ def test_health_stays_fast_while_fifty_chats_wait_on_a_slow_agent(
                                 delivery_lease_seconds=60)
     api = api_process(settings, POD_TIMEOUT_SECONDS="40", DELIVERY_LEASE_SECONDS="60",
                       RATE_LIMITS_ENABLED="false")  # the probes poll faster than 200/min
-    session_ids = running_sessions(api, kube, settings, make_worker, CONCURRENT_CHATS)
+    session_ids = running_sessions(api, settings, CONCURRENT_CHATS)
 
     def chat(session_id: str) -> tuple[int, str]:
         response = requests.post(f"{api.url}/session/{session_id}/chat", headers=HEADERS,
@@ -138,32 +141,38 @@ def test_health_stays_fast_while_fifty_chats_wait_on_a_slow_agent(
         assert p99 < 0.1, f"{route} p99 {p99 * 1000:.0f} ms"
 
 
-def running_sessions(api, kube, settings, make_worker, count: int) -> list[str]:
-    session_ids = []
-    for index in range(count):
-        created = requests.post(f"{api.url}/session/create", json={"user_id": f"u-{index}"},
-                                headers=HEADERS, timeout=30)
-        assert created.status_code == 201, created.text
-        session_ids.append(created.json()["uuid"])
+@pytest.fixture
+def running_sessions(make_worker, mark_ready, status_watch):
+    """running_sessions(api, settings, count): sessions created through the API process,
+    running as the real status watch records them."""
+    def start(api, settings, count: int) -> list[str]:
+        session_ids = []
+        for index in range(count):
+            created = requests.post(f"{api.url}/session/create", json={"user_id": f"u-{index}"},
+                                    headers=HEADERS, timeout=30)
+            assert created.status_code == 201, created.text
+            session_ids.append(created.json()["uuid"])
 
-    def status_of(session_id: str) -> str:
-        return requests.get(f"{api.url}/session/{session_id}/status", headers=HEADERS,
-                            timeout=5).json()["status"]
+        def status_of(session_id: str) -> str:
+            return requests.get(f"{api.url}/session/{session_id}/status", headers=HEADERS,
+                                timeout=5).json()["status"]
 
-    with watching_status(make_worker(settings)):
-        for session_id in session_ids:
-            mark_deployment_ready(kube, session_id)
-        wait_for(lambda: all(status_of(s) == "running" for s in session_ids),
-                 timeout=30, interval=0.2, what="the sessions to run")
-    return session_ids
+        with status_watch(make_worker(settings)):
+            for session_id in session_ids:
+                mark_ready(session_id)
+            wait_until(lambda: all(status_of(s) == "running" for s in session_ids),
+                       timeout=30, interval=0.2, what="the sessions to run")
+        return session_ids
+
+    return start
 
 
 def test_past_max_forwards_a_chat_is_queued_for_the_worker_not_held(
-        settings, kube, make_agent, make_worker, api_process):
+        settings, make_agent, running_sessions, api_process):
     agent = make_agent(delay_seconds=3).start()
     settings = settings.replace(pod_url_template=agent.url)
     api = api_process(settings, MAX_FORWARDS="2")
-    session_ids = running_sessions(api, kube, settings, make_worker, 5)
+    session_ids = running_sessions(api, settings, 5)
 
     def chat(session_id: str) -> tuple[int, str, float]:
         started = time.monotonic()
@@ -179,12 +188,12 @@ def test_past_max_forwards_a_chat_is_queued_for_the_worker_not_held(
 
 
 def test_sigterm_lets_a_forwarded_chat_finish_before_the_process_exits(
-        settings, kube, make_agent, make_worker, api_process):
+        settings, make_agent, running_sessions, api_process):
     """What a rolling restart does to a replica: in-flight chats are answered, then it exits."""
     agent = make_agent(delay_seconds=3).start()
     settings = settings.replace(pod_url_template=agent.url)
     api = api_process(settings)
-    [session_id] = running_sessions(api, kube, settings, make_worker, 1)
+    [session_id] = running_sessions(api, settings, 1)
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(requests.post, f"{api.url}/session/{session_id}/chat",
                               headers=HEADERS, json={"message": "finish me"}, timeout=30)

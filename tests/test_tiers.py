@@ -16,6 +16,7 @@ import time
 
 from kubernetes import client as k8s
 
+from devcluster.processes import wait_until
 from service.bundle import template_kinds
 from service.core import names
 from service.core.config import REPO_ROOT
@@ -24,7 +25,7 @@ from service.sessions.tiers import Tiers
 from service.store import keda_keys
 from service.worker.reconciler import Reconciler
 
-from .conftest import API_KEY, mark_deployment_ready, running, wait_for, watching_status
+from .constants import API_KEY
 
 # Asleep 2 s after the last activity, archived 3 s after it.
 ARCHIVING = {"idle_timeout_seconds": 2, "keda_cooldown_period_seconds": 1,
@@ -59,24 +60,27 @@ def archive_now(worker) -> dict[str, int]:
 
 
 def test_an_idle_session_is_archived_and_a_chat_brings_it_back_and_is_answered(
-        settings, store, kube, demo_agent, make_api, make_worker):
+        settings, store, kube, demo_agent, make_api, make_worker, mark_ready, running_worker,
+        status_watch):
     settings = settings.replace(pod_url_template=demo_agent.url, **ARCHIVING)
     api, worker = make_api(settings), make_worker(settings)
     session_id = api.create()
     everything = bundle_objects(kube, settings, session_id)
     assert len(everything) == 4
-    with watching_status(worker):
-        mark_deployment_ready(kube, session_id)
-        wait_for(lambda: api.status(session_id)["status"] == "running", what="running")
+    with status_watch(worker):
+        mark_ready(session_id)
+        wait_until(lambda: api.status(session_id)["status"] == "running", timeout=10,
+                   what="running")
         code, body = api.chat(session_id, "before", "m-1")
         assert (code, body["status"]) == (200, "processed"), body
-        mark_deployment_ready(kube, session_id, ready=0, replicas=0)  # KEDA slept it
-        wait_for(lambda: api.status(session_id)["status"] == "sleeping", what="sleeping")
+        mark_ready(session_id, ready=0, replicas=0)  # KEDA slept it
+        wait_until(lambda: api.status(session_id)["status"] == "sleeping", timeout=10,
+                   what="sleeping")
         # Not yet idle ARCHIVE_AFTER_SECONDS: the pass leaves it.
         assert archive_now(worker)["archived"] == 0
         assert bundle_objects(kube, settings, session_id) == everything
-        wait_for(lambda: archive_now(worker)["archived"] == 1, timeout=10, interval=0.5,
-                 what="the archive pass to archive the idle session")
+        wait_until(lambda: archive_now(worker)["archived"] == 1, timeout=10, interval=0.5,
+                   what="the archive pass to archive the idle session")
 
         # Its bundle is gone; its record and conversation are not, and what the watch sees
         # of the sweep does not make it `sleeping` or `failed` again.
@@ -100,17 +104,17 @@ def test_an_idle_session_is_archived_and_a_chat_brings_it_back_and_is_answered(
     assert bundle_objects(kube, settings, session_id) == everything
     assert api.status(session_id)["status"] == "waking"
     assert store.bundles.restores_asked() == 0
-    with running(worker):
-        mark_deployment_ready(kube, session_id)
-        wait_for(lambda: ("m-2", "delivered", "echo: after") in replies(api, session_id),
-                 what="the chat delivered after the restore")
+    with running_worker(worker):
+        mark_ready(session_id)
+        wait_until(lambda: ("m-2", "delivered", "echo: after") in replies(api, session_id),
+                   timeout=10, what="the chat delivered after the restore")
     assert replies(api, session_id) == [("m-1", "delivered", "echo: before"),
                                         ("m-2", "delivered", "echo: after")]
     assert [d["message_id"] for d in demo_agent.deliveries()] == ["m-1", "m-2"]
 
 
 def test_a_chat_during_the_archive_sweep_waits_queued_and_the_worker_restores_it(
-        settings, store, kube, demo_agent, make_api, make_worker):
+        settings, store, kube, demo_agent, make_api, make_worker, mark_ready, running_worker):
     settings = settings.replace(pod_url_template=demo_agent.url, **ARCHIVING)
     api, worker = make_api(settings), make_worker(settings)
     session_id = api.create()
@@ -129,13 +133,15 @@ def test_a_chat_during_the_archive_sweep_waits_queued_and_the_worker_restores_it
     worker.archiver.sweep(session_id)  # the archiver's deletes end, and it lets go of the lock
     assert bundle_objects(kube, settings, session_id) == []
     store.bundles.release_bundle_lock(session_id, "archiver")
-    with running(worker):
-        wait_for(lambda: bundle_objects(kube, settings, session_id) == everything,
-                 timeout=10, what="the worker to restore the bundle")
-        wait_for(lambda: api.status(session_id)["status"] == "waking", what="waking")
-        mark_deployment_ready(kube, session_id)
-        wait_for(lambda: replies(api, session_id) == [
-            ("m-1", "delivered", "echo: while sweeping")], what="the queued chat delivered")
+    with running_worker(worker):
+        wait_until(lambda: bundle_objects(kube, settings, session_id) == everything,
+                   timeout=10, what="the worker to restore the bundle")
+        wait_until(lambda: api.status(session_id)["status"] == "waking", timeout=10,
+                   what="waking")
+        mark_ready(session_id)
+        wait_until(lambda: replies(api, session_id) == [
+            ("m-1", "delivered", "echo: while sweeping")],
+            timeout=10, what="the queued chat delivered")
     assert store.bundles.restores_asked() == 0
 
 
@@ -147,7 +153,7 @@ def hold_scaled_object(kube, session_id: str, held: bool) -> None:
 
 
 def test_an_archive_does_not_wait_for_a_finalizer_and_a_chat_waits_until_its_objects_are_gone(
-        settings, store, kube, demo_agent, make_api, make_worker):
+        settings, store, kube, demo_agent, make_api, make_worker, mark_ready, running_worker):
     settings = settings.replace(pod_url_template=demo_agent.url, **ARCHIVING)
     api, worker = make_api(settings), make_worker(settings)
     session_id, other = api.create(), api.create()
@@ -171,17 +177,19 @@ def test_an_archive_does_not_wait_for_a_finalizer_and_a_chat_waits_until_its_obj
     assert store.bundles.restores_asked() == 1 and api.status(session_id)["status"] == "archived"
     text = api.client.get("/metrics", headers={**api.headers, "Accept": "text/plain"})
     assert "session_manager_archives_sweeping 1.0" in text.get_data(as_text=True)
-    with running(worker):
+    with running_worker(worker):
         time.sleep(3)  # the worker tries the restore every second
         assert bundle_objects(kube, settings, session_id) == [scaled_object]
         assert api.status(session_id)["status"] == "archived"
         hold_scaled_object(kube, session_id, False)  # KEDA lets go: the object is gone
-        wait_for(lambda: bundle_objects(kube, settings, session_id) == everything,
-                 timeout=10, what="the bundle restored once its old objects were gone")
-        wait_for(lambda: api.status(session_id)["status"] == "waking", what="waking")
-        mark_deployment_ready(kube, session_id)
-        wait_for(lambda: replies(api, session_id) == [
-            ("m-1", "delivered", "echo: while KEDA is busy")], what="the queued chat delivered")
+        wait_until(lambda: bundle_objects(kube, settings, session_id) == everything,
+                   timeout=10, what="the bundle restored once its old objects were gone")
+        wait_until(lambda: api.status(session_id)["status"] == "waking", timeout=10,
+                   what="waking")
+        mark_ready(session_id)
+        wait_until(lambda: replies(api, session_id) == [
+            ("m-1", "delivered", "echo: while KEDA is busy")],
+            timeout=10, what="the queued chat delivered")
     assert store.bundles.sweeping(limit=10) == {} and store.bundles.restores_asked() == 0
     # The restored ScaledObject is a new one, not the held one brought back.
     restored = k8s.CustomObjectsApi(kube.api_client).get_namespaced_custom_object(
@@ -211,15 +219,15 @@ def test_a_wake_brings_an_archived_session_back(settings, store, kube, make_api,
 
 
 def test_a_template_change_reaches_a_sleeping_session_on_its_next_wake(
-        settings, store, kube, make_api):
+        settings, store, kube, make_api, mark_ready):
     old = settings.replace(user_pod_image="registry.example/agent:1.0")
     new = settings.replace(user_pod_image="registry.example/agent:2.0")
     api = make_api(old)
     sleeper, chatter, awake = api.create(), api.create(), api.create()
     for session_id in (sleeper, chatter):
-        mark_deployment_ready(kube, session_id, ready=0, replicas=0)
+        mark_ready(session_id, ready=0, replicas=0)
         store.records.set_status(session_id, "sleeping", actor=Actor.WATCH, replicas=0)
-    mark_deployment_ready(kube, awake)
+    mark_ready(awake)
     store.records.set_status(awake, "running", actor=Actor.WATCH, replicas=1, ready_replicas=1)
 
     # The control plane now runs with the new image.
@@ -266,13 +274,13 @@ def cli_reapply(settings, apiserver, *args: str) -> dict:
 
 
 def test_reapply_updates_awake_sessions_bounded_and_idempotent(
-        settings, store, kube, make_api, apiserver, monkeypatch):
+        settings, store, kube, make_api, apiserver, monkeypatch, mark_ready):
     old = settings.replace(user_pod_image="registry.example/agent:1.0")
     new = settings.replace(user_pod_image="registry.example/agent:2.0")
     api = make_api(old)
     awake = [api.create() for _ in range(6)]
     sleeper = api.create()
-    mark_deployment_ready(kube, sleeper, ready=0, replicas=0)
+    mark_ready(sleeper, ready=0, replicas=0)
     store.records.set_status(sleeper, "sleeping", actor=Actor.WATCH, replicas=0)
 
     in_flight, peak, lock = 0, 0, threading.Lock()
@@ -324,7 +332,7 @@ def test_an_archived_session_whose_sweep_failed_is_swept_by_the_reconciler(
 
 
 def test_a_worker_of_another_installation_archives_nothing_and_refuses_to_start(
-        settings, store, kube, make_api, make_worker, apiserver):
+        settings, store, kube, make_api, make_worker, apiserver, running_worker):
     """One Redis database serves one sessions namespace: the archiver, reconciler and watch
     act on every record there, so a worker of another installation must not lead them."""
     settings = settings.replace(**ARCHIVING)
@@ -344,7 +352,7 @@ def test_a_worker_of_another_installation_archives_nothing_and_refuses_to_start(
         f"NAMESPACE={settings.namespace!r}" in result.stderr and "Traceback" not in result.stderr
 
     worker = make_worker(settings)
-    with running(worker):
+    with running_worker(worker):
         time.sleep(3)  # a few archiver passes, were it leading
         assert not store.redis.exists("sm:lease:archiver")
     assert api.status(session_id)["status"] == "sleeping"
@@ -352,9 +360,9 @@ def test_a_worker_of_another_installation_archives_nothing_and_refuses_to_start(
 
     # A worker with the same settings, once the database is its installation's, archives it.
     store.redis.delete("sm:installation")
-    with running(make_worker(settings)):
-        wait_for(lambda: store.records.get_session(session_id)["status"] == "archived", timeout=15,
-                 what="the session archived by a worker of this installation")
+    with running_worker(make_worker(settings)):
+        wait_until(lambda: store.records.get_session(session_id)["status"] == "archived",
+                   timeout=15, what="the session archived by a worker of this installation")
     assert bundle_objects(kube, settings, session_id) == []
     assert store.coordination.claim_installation("another-installation") == settings.namespace
 
@@ -379,7 +387,7 @@ def test_a_worker_that_met_no_redis_at_start_checks_the_installation_before_it_d
         redis_server.start()
     store.redis.zadd("sm:pending", {session_id: 0})  # due now
     assert worker.process.wait(30) == 2
-    log = worker.log_file.read_text()
+    log = worker.output()
     assert f"'{settings.namespace}'" in log and "NAMESPACE='another-installation'" in log
     [message] = api.messages(session_id)
     assert (message["state"], message["attempts"]) == ("queued", 0)  # never claimed

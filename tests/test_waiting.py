@@ -8,43 +8,50 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 
+from devcluster.processes import wait_until
 from service.http import create_app
 
-from .conftest import API_KEY, mark_deployment_ready, running, wait_for, watching_status
+from .constants import API_KEY
 
 KEY = {"X-API-Key": API_KEY}
 
 
-def asleep(client, kube, worker, count: int = 1) -> list[str]:
-    """Sessions KEDA has scaled to 0, as the status watch records it."""
-    ids = []
-    for _ in range(count):
-        response = client.post("/session/create", json={"user_id": "u"}, headers=KEY)
-        assert response.status_code == 201, response.get_json()
-        ids.append(response.get_json()["uuid"])
-    with watching_status(worker):
-        for session_id in ids:
-            mark_deployment_ready(kube, session_id, ready=0, replicas=0)
-        wait_for(lambda: all(client.get(f"/session/{s}/status", headers=KEY).get_json()[
-            "status"] == "sleeping" for s in ids), what="asleep")
-    return ids
+@pytest.fixture
+def asleep(mark_ready, status_watch):
+    """asleep(client, worker, count=1): sessions KEDA has scaled to 0, as the status watch
+    records it."""
+    def create(client, worker, count: int = 1) -> list[str]:
+        ids = []
+        for _ in range(count):
+            response = client.post("/session/create", json={"user_id": "u"}, headers=KEY)
+            assert response.status_code == 201, response.get_json()
+            ids.append(response.get_json()["uuid"])
+        with status_watch(worker):
+            for session_id in ids:
+                mark_ready(session_id, ready=0, replicas=0)
+            wait_until(lambda: all(client.get(f"/session/{s}/status", headers=KEY).get_json()[
+                "status"] == "sleeping" for s in ids), timeout=10, what="asleep")
+        return ids
+
+    return create
 
 
 def test_a_held_chat_to_a_sleeping_session_returns_the_reply_once_the_pod_answers(
-        settings, store, kube, demo_agent, make_worker):
+        settings, store, kube, demo_agent, make_worker, asleep, mark_ready, running_worker):
     settings = settings.replace(pod_url_template=demo_agent.url)
     client = create_app(settings, store=store, kube=kube).test_client()
     worker = make_worker(settings)
-    [session_id] = asleep(client, kube, worker)
-    with ThreadPoolExecutor(1) as pool, running(worker):
+    [session_id] = asleep(client, worker)
+    with ThreadPoolExecutor(1) as pool, running_worker(worker):
         started = time.monotonic()
         held = pool.submit(client.post, f"/session/{session_id}/chat", headers={
             **KEY, "Prefer": "wait=20"}, json={"message": "are you there?", "message_id": "h-1"})
         time.sleep(1.5)
         assert not held.done()  # held, not answered 202
-        mark_deployment_ready(kube, session_id)  # the pod wakes; the worker delivers
+        mark_ready(session_id)  # the pod wakes; the worker delivers
         response = held.result(30)
         elapsed = time.monotonic() - started
     assert response.status_code == 200, response.get_json()
@@ -57,10 +64,10 @@ def test_a_held_chat_to_a_sleeping_session_returns_the_reply_once_the_pod_answer
 
 
 def test_past_n_seconds_the_answer_is_202_and_the_message_stays(settings, store, kube,
-                                                                make_worker):
+                                                                make_worker, asleep):
     client = create_app(settings.replace(max_wait_seconds=2), store=store,
                         kube=kube).test_client()
-    [session_id] = asleep(client, kube, make_worker(settings))
+    [session_id] = asleep(client, make_worker(settings))
     for prefer, applied in (("wait=1", "wait=1"), ("respond-async, wait=100", "wait=2"),
                             ("handling=lenient; x=y, WAIT = 1", "wait=1")):
         started = time.monotonic()
@@ -81,7 +88,8 @@ def test_past_n_seconds_the_answer_is_202_and_the_message_stays(settings, store,
 
 
 def test_held_chats_across_processes_and_a_stopping_api_answers_what_it_holds(
-        settings, store, kube, make_agent, make_worker, api_process, worker_process):
+        settings, store, kube, make_agent, make_worker, api_process, worker_process, asleep,
+        mark_ready, status_watch):
     """Thirty chats held by one gevent API process for sleeping sessions; a separate worker
     process delivers once the pods wake; /health stays fast. Then a chat held while the API
     process is told to stop is answered 202 at once, before the process exits."""
@@ -89,7 +97,7 @@ def test_held_chats_across_processes_and_a_stopping_api_answers_what_it_holds(
     settings = settings.replace(pod_url_template=agent.url)
     api = api_process(settings, RATE_LIMITS_ENABLED="false")
     client = create_app(settings, store=store, kube=kube).test_client()
-    ids = asleep(client, kube, make_worker(settings), count=30)
+    ids = asleep(client, make_worker(settings), count=30)
     worker = worker_process(settings, "w")
 
     def held_chat(session_id: str) -> requests.Response:
@@ -108,17 +116,17 @@ def test_held_chats_across_processes_and_a_stopping_api_answers_what_it_holds(
             health.append(time.perf_counter() - started)
             time.sleep(0.05)
         assert not any(f.done() for f in futures)
-        with watching_status(make_worker(settings)):
+        with status_watch(make_worker(settings)):
             for session_id in ids:
-                mark_deployment_ready(kube, session_id)
+                mark_ready(session_id)
             answers = [f.result(40) for f in futures]
-    assert worker.alive()
+    worker.check_running()
     assert [(a.status_code, a.json()["status"]) for a in answers] == [(200, "processed")] * 30
     assert max(health) < 0.1, health
     assert sorted(d["message_id"] for d in agent.deliveries()) == sorted(
         f"m-{s}" for s in ids)
 
-    [sleeper] = asleep(client, kube, make_worker(settings))
+    [sleeper] = asleep(client, make_worker(settings))
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(response=requests.post(
         f"{api.url}/session/{sleeper}/chat", headers={**KEY, "Prefer": "wait=25"},

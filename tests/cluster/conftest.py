@@ -24,9 +24,10 @@ import pytest
 
 from devcluster import cluster as cluster_module
 from devcluster import network, paths
+from devcluster.ports import free_port
 from service.core.config import Settings
 from service.kube import Kube, load_api_client
-from tests.conftest import API_KEY, wait_for
+from tests.constants import API_KEY
 
 _namespaces = itertools.count(1)
 
@@ -85,8 +86,6 @@ def leftovers(sysctls_before: dict[str, str]) -> list[str]:
 @pytest.fixture(scope="package")
 def scaler_port() -> int:
     """One port for every test's push scaler: KEDA (on the host) keeps dialing one address."""
-    from devcluster.apiserver import free_port
-
     return free_port()
 
 
@@ -186,7 +185,3 @@ class ClusterView:
 def view(local_cluster, namespace: str) -> ClusterView:
     return ClusterView(local_cluster, namespace)
 
-
-def wait_until(predicate, *, timeout: float, what: str, interval: float = 0.5):
-    """wait_for at a kubectl-friendly pace (each poll here may start a kubectl process)."""
-    return wait_for(predicate, timeout=timeout, what=what, interval=interval)
