@@ -22,7 +22,7 @@
 # Each part is skipped when its outputs are cached. Prints progress on stderr and the bin
 # directory on the last line of stdout.
 #
-#   scripts/build-cluster-binaries.sh [kube|etcd|keda-crds|cert-manager-crds|keda|pause|lint|helm|coredns|all]   # default all
+#   scripts/build-cluster-binaries.sh [kube|etcd|keda-crds|cert-manager-crds|keda|pause|lint|helm|coredns|local-path|all]   # default all
 #   (all = what make test needs; coredns only for make e2e)
 #
 # Env: SESSION_MANAGER_CACHE (default ~/.cache/session-manager), KUBE_VERSION, ETCD_VERSION,
@@ -240,6 +240,13 @@ build_coredns() {
   go_install_tool coredns github.com/coredns/coredns "${COREDNS_VERSION:-v1.14.7}" "cluster DNS"
 }
 
+# local-path-provisioner: dynamic PersistentVolumes on the node's disk, the StorageClass of the
+# local cluster (and kind's default storage). v0.0.30 is the newest the module proxy serves.
+build_local_path() {
+  go_install_tool local-path-provisioner github.com/rancher/local-path-provisioner \
+    "${LOCAL_PATH_PROVISIONER_VERSION:-v0.0.30}" "dynamic volumes on the node's disk"
+}
+
 # actionlint: make test lints .github/workflows with it.
 build_lint() {
   go_install_tool actionlint github.com/rhysd/actionlint/cmd/actionlint \
@@ -264,7 +271,8 @@ case "$what" in
   lint) build_lint ;;
   helm) build_helm ;;
   coredns) build_coredns ;;
-  all) build_kube; build_etcd; build_keda; build_pause; build_lint; build_helm; extract_cert_manager_crds ;;
-  *) log "usage: $0 [kube|etcd|keda-crds|cert-manager-crds|keda|pause|lint|helm|coredns|all]"; exit 2 ;;
+  local-path) build_local_path ;;
+  all) build_kube; build_etcd; build_keda; build_pause; build_lint; build_helm; build_local_path; extract_cert_manager_crds ;;
+  *) log "usage: $0 [kube|etcd|keda-crds|cert-manager-crds|keda|pause|lint|helm|coredns|local-path|all]"; exit 2 ;;
 esac
 echo "$bin_dir"
