@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -16,10 +17,12 @@ from pathlib import Path
 from . import (
     chat,
     delivery,
+    history,
     kubeops,
     listing,
     load,
     memory,
+    pool,
     ratelimits,
     replies,
     report,
@@ -27,6 +30,7 @@ from . import (
     streams,
     tiers,
     wake,
+    workspace,
 )
 from .harness import Context
 
@@ -38,6 +42,8 @@ FIGURES: dict[str, Callable[[Context], report.Figure]] = {
     "memory": memory.memory,
     "ratelimit": ratelimits.ratelimit,
     "delivery": delivery.delivery,
+    # The conversation in every delivery: its cost, history on vs off.
+    "history": history.history,
     # On the local cluster with real KEDA (needs what the real-cluster test layer needs).
     "wake": wake.wake,
     "scalers": wake.scalers,
@@ -48,6 +54,10 @@ FIGURES: dict[str, Callable[[Context], report.Figure]] = {
     "streams": streams.streams,
     # Archived vs sleeping sessions on the local cluster: objects, etcd, wake, memory.
     "tiers": tiers.tiers,
+    # The warm pool (hit vs cold create, a burst, refill) and wakes by probe period.
+    "pool": pool.pool,
+    # Objects an archived session keeps with the workspace template set.
+    "workspace": workspace.workspace,
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -79,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         f"code: {_revision()}",
     ]
     print("\n".join(header), flush=True)
+    # A stop (timeout, kill) unwinds like ^C, so the stack and the processes started for the
+    # figures are torn down by the finally below, not left running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     ctx = Context(rounds=args.rounds, quick=args.quick, keep=args.keep,
                   profile_dir=args.out / "profiles" if args.profile else None)
     figures: list[report.Figure] = []

@@ -129,7 +129,7 @@ def _sleeping_sessions(stack: Stack, settings: Settings, store: Store, count: in
         return list(pool.map(one, range(count)))
 
 
-def _database(stack: Stack, number: int) -> tuple[str, Store]:
+def database(stack: Stack, number: int) -> tuple[str, Store]:
     """The stack's Redis, another database: one installation per database (the stack's own
     worker, of namespace bench-wake, would reconcile another namespace's records as failed)."""
     url = stack.redis.url.rsplit("/", 1)[0] + f"/{number}"
@@ -151,7 +151,7 @@ def _objects_figure(ctx: Context, stack: Stack, figure: Figure, count: int) -> N
     # some 3,600 sleeping sessions kept this machine's 2 cores busy (KEDA and the push
     # scaler) and KEDA made their HPAs ever slower. What is counted here does not depend on
     # it, so these sessions poll every 5 minutes.
-    url, store = _database(stack, 1)
+    url, store = database(stack, 1)
     settings = stack.settings.replace(namespace=namespace, archive_after_seconds=600,
                                       keda_polling_interval_seconds=300, redis_url=url)
     base_objects, base_keys, base_size = _measure(stack, namespace, etcd)
@@ -326,7 +326,7 @@ def _answers(client: Client) -> bool:
 def _memory_figure(ctx: Context, stack: Stack, figure: Figure) -> None:
     namespace = "bench-tiers-memory"
     stack.namespace(namespace)
-    url, store = _database(stack, 2)  # this namespace's worker's
+    url, store = database(stack, 2)  # this namespace's worker's
     port = int(stack.settings.scaler_port) + 1
     env = {"REDIS_URL": url, "NAMESPACE": namespace,
            "KUBECONFIG": str(stack.cluster.kubeconfig), "API_KEYS": API_KEY,

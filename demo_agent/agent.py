@@ -1,7 +1,9 @@
-"""A small session pod implementing the pod contract (SPEC §7), standard library only.
+"""A small session pod implementing the pod contract (SPEC §7, service/pods/openapi.yaml),
+standard library only: the reference implementation for anyone writing their own agent.
 
-    POST /chat  {"message", "message_id", "session_id"} -> {"reply", "message_id", ...}
-    GET  /healthz                                       -> 200 when ready
+    POST /chat  {"message", "message_id", "session_id", "user_id", "history"}
+                -> {"reply", "message_id", ...}
+    GET  /healthz -> 200 when ready
 
 Replies are deduplicated by (session_id, message_id): a redelivered message gets the reply it
 got the first time and is not processed again. With AGENT_STATE_FILE set, the replies and a
@@ -9,9 +11,18 @@ log of every delivery survive a restart (the tests kill the agent mid-delivery);
 GET /deliveries returns that log.
 
 Environment: PORT (default 1111), AGENT_HOST (default 0.0.0.0), SESSION_ID,
-AGENT_DELAY_SECONDS (time spent "thinking"), AGENT_STATE_FILE. A message starting with "fail:"
-answers 500, to exercise retries; one starting with "slow:N " thinks N more seconds (at most
-120), to play a slow LLM agent.
+AGENT_DELAY_SECONDS (time spent "thinking"), AGENT_STARTUP_DELAY_SECONDS (time before it
+listens: an agent importing a large library), AGENT_STATE_FILE, AGENT_WORKSPACE (default
+/workspace: the session's volume, where the workspace template set mounts one).
+
+Messages it understands, to show what a pod behind the control plane can count on:
+- "recall": answered with the earlier user messages of the conversation, from the `history`
+  the control plane sends with every delivery — so a pod woken from zero (or restored from an
+  archive) still knows what was said;
+- "write:NAME TEXT" / "read:NAME": a file in the workspace, which survives sleep and archive
+  when the session has a volume (templates-workspace/);
+- "fail:..." answers 500, to exercise retries; "slow:N ..." thinks N more seconds (at most
+  120), to play a slow LLM agent. Anything else is echoed.
 
 Streaming mode (AGENT_STREAM=1, when the request accepts text/event-stream): the reply is
 written word by word as `chunk` events, AGENT_STREAM_DELAY_SECONDS (default 0.05) apart, then
@@ -24,14 +35,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-MAX_BODY_BYTES = 1024 * 1024
+MAX_BODY_BYTES = 8 * 1024 * 1024  # a long conversation's history comes with every message
 MAX_REMEMBERED = 10000
+_FILE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class AgentState:
@@ -89,6 +102,7 @@ class Handler(BaseHTTPRequestHandler):
     session_id = ""
     stream = False
     stream_delay_seconds = 0.05
+    workspace = "/workspace"
     cut_once: set[str] = set()  # message keys whose first stream was cut already
 
     def log_message(self, format: str, *args: object) -> None:
@@ -124,8 +138,12 @@ class Handler(BaseHTTPRequestHandler):
             message = str(body["message"])
             message_id = str(body["message_id"])
             session_id = str(body.get("session_id") or self.session_id)
+            history = body.get("history") or []
+            if not isinstance(history, list):
+                raise TypeError("history is not a list")
         except (ValueError, KeyError, TypeError):
-            self._send(400, {"error": "expected {message, message_id, session_id}"})
+            self._send(400, {"error": "expected {message, message_id, session_id, user_id, "
+                                      "history}"})
             return
         self.state.record_delivery(session_id, message_id)
         key = f"{session_id}/{message_id}"
@@ -141,7 +159,7 @@ class Handler(BaseHTTPRequestHandler):
         if message.startswith("fail:"):
             self._send(500, {"error": "the agent failed on purpose"})
             return
-        reply = {"reply": f"echo: {message}", "message_id": message_id,
+        reply = {"reply": self._answer(message, history), "message_id": message_id,
                  "session_id": session_id, "pid": os.getpid()}
         if self.stream and "text/event-stream" in self.headers.get("Accept", ""):
             if not self._stream(key, reply):
@@ -149,6 +167,33 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._send(200, reply)
         self.state.remember(key, reply)
+
+    def _answer(self, message: str, history: list) -> str:
+        if message.strip() == "recall":
+            earlier = [str(entry.get("message")) for entry in history
+                       if isinstance(entry, dict) and "message" in entry]
+            return "recall: " + (" | ".join(earlier) if earlier else "(nothing earlier)")
+        if message.startswith(("write:", "read:")):
+            return self._workspace(message)
+        return f"echo: {message}"
+
+    def _workspace(self, message: str) -> str:
+        command, _, rest = message.partition(":")
+        name, _, text = rest.partition(" ")
+        if not _FILE_NAME.match(name):
+            return f"{command}: a file name is 1 to 64 of A-Z a-z 0-9 . _ -"
+        path = os.path.join(self.workspace, name)
+        try:
+            if command == "write":
+                with open(path, "w", encoding="utf-8") as handle:
+                    handle.write(text)
+                return f"wrote {name} ({len(text.encode())} bytes)"
+            with open(path, encoding="utf-8") as handle:
+                return f"read {name}: {handle.read()}"
+        except FileNotFoundError:
+            return f"no file {name} in the workspace"
+        except OSError as err:
+            return f"the workspace cannot be used ({err.strerror})"
 
     def _stream(self, key: str, reply: dict) -> bool:
         """Write the reply word by word; False when this stream was cut on purpose."""
@@ -181,6 +226,9 @@ def main() -> None:
     Handler.session_id = os.environ.get("SESSION_ID", "")
     Handler.stream = os.environ.get("AGENT_STREAM", "").lower() in ("1", "true", "yes")
     Handler.stream_delay_seconds = float(os.environ.get("AGENT_STREAM_DELAY_SECONDS") or 0.05)
+    Handler.workspace = os.environ.get("AGENT_WORKSPACE") or "/workspace"
+    # An agent that imports a large library (an LLM client, a model) before it listens.
+    time.sleep(float(os.environ.get("AGENT_STARTUP_DELAY_SECONDS") or 0))
     host = os.environ.get("AGENT_HOST") or "0.0.0.0"  # noqa: S104 - a pod serves its IP
     server = Server((host, port), Handler)
     # PID 1 in a container has no default SIGTERM action: without a handler a scaled-down pod

@@ -1,13 +1,11 @@
 """Cluster services the product's manifests assume, installed the way a cluster has them:
-cluster DNS (CoreDNS as a Deployment behind the kube-dns Service), storage for the Redis PVC,
-and KEDA in-cluster from its own config. Used by the e2e stack (LocalCluster(addons=True)).
+cluster DNS (CoreDNS as a Deployment behind the kube-dns Service) and KEDA in-cluster from its
+own config. Used by the e2e stack (LocalCluster(addons=True)); storage (the Redis PVC's) is
+there in every mode (storage.py).
 
 - CoreDNS is built from its Go module and serves only the cluster zone: no `forward`, so a name
   off this machine gets an error from it and nothing is ever asked upstream. It listens on 1053
   as a non-root user; the kube-dns Service maps 53 to it.
-- Storage: a default StorageClass with no provisioner and hostPath PersistentVolumes under the
-  run dir, created before the manifests (the documented equivalent of a provisioner, and what
-  a single node has anyway); a PVC binds to one of them.
 - KEDA: `kubectl kustomize` of the module's config/default (operator, metrics API server,
   admission webhooks, RBAC, cert rotation), with the images built here from the binaries and
   pull policy IfNotPresent (there is no registry).
@@ -35,7 +33,6 @@ KEDA_TAG = "2.20.2-local"
 # The manifests' Redis image has no registry here: Debian's redis-server (7.0) in its own
 # rootfs stands in, named for what it is; make e2e's overlay points the manifests at it.
 REDIS_IMAGE = "session-manager-local/redis:7.0-bookworm"
-VOLUMES = 3
 
 COREFILE = """.:1053 {
     errors
@@ -107,29 +104,6 @@ def _dns_objects() -> list[dict]:
     ]
 
 
-def _storage_objects(volume_dir: Path) -> list[dict]:
-    objects: list[dict] = [{
-        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-        "metadata": {"name": "local-static", "annotations": {
-            "storageclass.kubernetes.io/is-default-class": "true"}},
-        "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "Immediate",
-        "reclaimPolicy": "Retain",
-    }]
-    for index in range(VOLUMES):
-        path = volume_dir / f"pv-{index}"
-        path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, 0o777)  # noqa: S103 - any pod user may write there (a dev node)
-        objects.append({
-            "apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": f"local-pv-{index}"},
-            "spec": {"capacity": {"storage": "2Gi"}, "accessModes": ["ReadWriteOnce"],
-                     "storageClassName": "local-static",
-                     "persistentVolumeReclaimPolicy": "Retain",
-                     "hostPath": {"path": str(path), "type": "Directory"}},
-        })
-    return objects
-
-
 def _keda_objects() -> list[dict]:
     """KEDA's config/default as kustomize renders it, pointed at the images built here."""
     config = _keda_module_dir() / "config" / "default"
@@ -172,10 +146,9 @@ def import_images(node) -> None:
 
 
 def install(cluster) -> None:
-    """DNS, storage and KEDA on a running LocalCluster (kubelet started with clusterDNS)."""
+    """DNS and KEDA on a running LocalCluster (kubelet started with clusterDNS)."""
     import_images(cluster.node)
     cluster.apply(_dns_objects())
-    cluster.apply(_storage_objects(cluster.run_dir / "volumes"))
     keda_objects = _keda_objects()
     crds = [o for o in keda_objects if o["kind"] == "CustomResourceDefinition"]
     cluster.apply(crds)

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import addons, cleanup, images, keda, network, node, paths
+from . import addons, cleanup, images, keda, network, node, paths, storage
 from .apiserver import KubeApiServer
 from .paths import LocalServiceError
 from .ports import free_port
@@ -58,7 +58,8 @@ def missing_requirements() -> list[str]:
 
 class LocalCluster:
     """`addons=False` (tests, make run): KEDA runs on the host, no cluster DNS. `addons=True`
-    (make e2e): CoreDNS, storage and KEDA in-cluster from its own config (addons.py)."""
+    (make e2e): CoreDNS and KEDA in-cluster from its own config (addons.py). Dynamic storage
+    (storage.py) in both."""
 
     def __init__(self, *, build: bool = True, addons: bool = False) -> None:
         self.build = build
@@ -107,8 +108,9 @@ class LocalCluster:
             self._step("kube-proxy", self.node.start_kube_proxy)
             self.guard.ensure_first()
             self._step("node Ready", self._wait_node_ready)
+            self._step("storage (local-path-provisioner)", lambda: storage.install(self))
             if self.addons:
-                self._step("CoreDNS, storage, KEDA in-cluster", lambda: addons.install(self))
+                self._step("CoreDNS, KEDA in-cluster", lambda: addons.install(self))
             else:
                 self._step("KEDA", self._start_keda)
             self.guard.ensure_first()  # kube-proxy's first sync prepends its FORWARD jumps

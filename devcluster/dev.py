@@ -96,6 +96,8 @@ def _start_full_stack(env: dict[str, str], cleanups: list, notes: list) -> None:
         # No cluster DNS here: the control plane reaches a session's pod at its address.
         "POD_URL_TEMPLATE": env.get("POD_URL_TEMPLATE") or "http://{pod_ip}:{port}",
     })
+    # Two sessions kept warm: the page's first chat is answered by a pod already up.
+    env.setdefault("WARM_POOL_SIZE", "2")
     tls = _scaler_tls(env)
     cluster.prepare_sessions_namespace(local.kubeconfig, namespace,
                                        redis_password=redis.password, scaler_tls=tls)
@@ -108,6 +110,8 @@ def _start_full_stack(env: dict[str, str], cleanups: list, notes: list) -> None:
                  f"dials the worker's push scaler at {env['SCALER_ADDRESS']} (mutual TLS)")
     notes.append(f"kubeconfig: {local.kubeconfig}   (kubectl: {paths.BIN_DIR / 'kubectl'})")
     notes.append(f"logs:       {local.logs_dir()}")
+    notes.append(f"warm pool:  WARM_POOL_SIZE={env['WARM_POOL_SIZE']} sessions with their pods "
+                 "up ahead of their users (0 turns it off)")
 
 
 def _scaler_tls(env: dict[str, str]) -> Path:

@@ -1,4 +1,5 @@
-"""Keep docs/ true to the code: write the generated blocks, or check them (`--check`).
+"""Keep docs/ (and the chart's schema of the settings) true to the code: write what is made
+from it, or check it (`--check`).
 
     python scripts/docs.py           # rewrite the generated blocks in place
     python scripts/docs.py --check   # exit 1, saying what is stale, instead of writing
@@ -6,7 +7,10 @@
 Two blocks of the docs are made from the code, each between `<!-- NAME:begin -->` and
 `<!-- NAME:end -->`: the status transition table (service.core.transitions) in
 docs/architecture.md and the settings reference (service.core.config.reference) in
-docs/configuration.md. `--check` also fails when README.md or a page of docs/ names a path of
+docs/configuration.md. The Helm chart's schema of `config` (charts/session-manager/
+values.schema.json) is made from the same definitions of the settings: a type, bounds and the
+one line of each, but for the settings the chart sets itself, which it refuses in `config`.
+`--check` also fails when README.md or a page of docs/ names a path of
 the repository, as a code span or a relative link, that does not exist: MkDocs checks the links
 between pages, not the files outside docs/ that the pages name (mkdocs.yml says why).
 Standard library and the repository's own `service` only.
@@ -41,6 +45,42 @@ BLOCKS: list[tuple[str, str, Callable[[], str]]] = [
     ("docs/architecture.md", "transitions", _transitions),
     ("docs/configuration.md", "settings", _settings),
 ]
+
+
+CHART_SCHEMA = REPO / "charts" / "session-manager" / "values.schema.json"
+_JSON_TYPES = {"int": "integer", "int | None": "integer", "float": "number", "bool": "boolean"}
+
+
+def chart_schema(current: str) -> str:
+    """values.schema.json with `config`'s properties made from the settings' definitions;
+    a property the chart refuses (`"not": {}`: it sets that one itself) stays as it is."""
+    import json
+
+    from service.core.config import definitions
+
+    schema = json.loads(current)
+    config = schema["properties"]["config"]
+    kept = {name: prop for name, prop in config["properties"].items() if "not" in prop}
+    properties = {}
+    for field, definition in definitions():
+        name = definition.env
+        if name is None or "<" in name:  # derived, or one per route (patternProperties)
+            continue
+        if name in kept:
+            properties[name] = kept[name]
+            continue
+        prop: dict = {"description": definition.doc[0].upper() + definition.doc[1:] + ".",
+                      "type": _JSON_TYPES.get(str(field.type), "string")}
+        if definition.choices:
+            prop["enum"] = list(definition.choices)
+        if prop["type"] in ("integer", "number"):
+            low = 1 if definition.minimum is None else definition.minimum
+            prop["minimum"] = int(low) if prop["type"] == "integer" else low
+            if definition.maximum is not None:
+                prop["maximum"] = definition.maximum
+        properties[name] = prop
+    config["properties"] = dict(sorted({**kept, **properties}.items()))
+    return json.dumps(schema, indent=2) + "\n"
 
 
 def _block_pattern(name: str) -> re.Pattern[str]:
@@ -108,6 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             path.write_text(new)
             print(f"{page}: {name} block rewritten")
+    current = CHART_SCHEMA.read_text()
+    if chart_schema(current) != current:
+        if args.check:
+            problems.append(f"{CHART_SCHEMA.relative_to(REPO)}: the settings' schema is "
+                            "stale; run `python scripts/docs.py`")
+        else:
+            CHART_SCHEMA.write_text(chart_schema(current))
+            print(f"{CHART_SCHEMA.relative_to(REPO)}: config's schema rewritten")
     if args.check:
         for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
             for named in missing_paths(page):

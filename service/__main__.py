@@ -1,4 +1,4 @@
-"""`python -m service COMMAND`: render, validate, serve, worker, reapply.
+"""`python -m service COMMAND`: render, validate, serve, worker, reapply, check-agent.
 
 The local development stack (`make run`) is `python -m devcluster`, outside the service."""
 
@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
                          help="bundles applied at once (default: BUNDLE_CONCURRENCY)")
     reapply.add_argument("--force", action="store_true",
                          help="also re-apply sessions already on the current version")
+    check = commands.add_parser(
+        "check-agent", help="check an agent against the pod contract, one line per rule")
+    check.add_argument("url", nargs="?", help="the agent's address, e.g. http://127.0.0.1:1111")
+    check.add_argument("--run", metavar="COMMAND",
+                       help="start the agent with COMMAND (PORT set) and also check how it "
+                            "stops on SIGTERM")
     args = parser.parse_args(argv)
 
     try:
@@ -50,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "render":
         return _render(settings, args.session_id)
+    if args.command == "check-agent":
+        return _check_agent(settings, args.url, args.run, parser)
     if args.command == "validate":
         # Dev dependencies (kubernetes-validate): only this command needs them.
         from service.bundle.validate import load_crds, run
@@ -98,6 +106,44 @@ def _start_checks(settings: Settings, command: str) -> str | None:
     except ConfigError as err:
         return str(err)
     return None
+
+
+def _check_agent(settings: Settings, url: str | None, command: str | None,
+                 parser: argparse.ArgumentParser) -> int:
+    """One PASS/FAIL/SKIP line per rule of the pod contract; exit 1 when one fails."""
+    import socket
+
+    from service.pods.agent_process import start_agent
+    from service.pods.conformance import AgentCheck
+
+    if (url is None) == (command is None):
+        parser.error("check-agent takes a URL or --run COMMAND")
+    started = None
+    verdicts = None
+    if command is not None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    check = AgentCheck(url, timeout_seconds=settings.pod_timeout_seconds,
+                       max_message_chars=settings.max_message_chars,
+                       history_max_bytes=settings.history_max_bytes)
+    if command is not None:
+        try:
+            started = start_agent(command, int(url.rsplit(":", 1)[1]))
+        except RuntimeError as err:
+            verdicts = check.not_ready(str(err))
+    try:
+        if verdicts is None:
+            verdicts = check.run(started_process=started.process if started else None)
+    finally:
+        if started is not None and started.process.poll() is None:
+            started.process.kill()
+    for verdict in verdicts:
+        print(verdict.line())
+    failed = [v for v in verdicts if v.outcome == "FAIL"]
+    print(f"{len(verdicts) - len(failed)} of {len(verdicts)} rules met"
+          + (f"; failed: {', '.join(v.rule for v in failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def _render(settings: Settings, session_id: str) -> int:

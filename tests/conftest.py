@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,13 @@ from .tcpproxy import TcpProxy
 # failure is found again by the same run.
 hypothesis_settings.register_profile("repo", database=None)
 hypothesis_settings.load_profile("repo")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A run stopped with SIGTERM (`timeout`, CI cancelling) unwinds like ^C: pytest then runs
+    # the fixtures' teardown, so the processes and the local stack they started are stopped
+    # rather than left running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 _namespaces = itertools.count(1)
 

@@ -187,8 +187,9 @@ def test_metrics_and_sessions_count_a_mix_of_creates_sleeps_and_deletes(client, 
     client.delete(f"/session/{ids[2]}", headers=KEY)
     before = commands_processed(store)
     figures = client.get("/metrics", headers=KEY).json
-    # Counters, not a scan: a handful of commands whatever the number of sessions.
-    assert commands_processed(store) - before <= 14
+    # Counters, not a scan: a handful of commands (one round trip) whatever the number of
+    # sessions and of warm pool ones.
+    assert commands_processed(store) - before <= 17
     assert figures["total_sessions"] == 4
     assert figures["sleeping_sessions"] == 2
     assert figures["active_sessions"] == 2

@@ -30,6 +30,7 @@ from . import deployed as checks
 
 CI_VALUES = sorted((chart.CHART / "ci").glob("*-values.yaml"))
 LIGHT_TEMPLATES = REPO_ROOT / "templates-light"
+WORKSPACE_TEMPLATES = REPO_ROOT / "templates-workspace"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Variant:
     # Template files standing in for a ConfigMap made by hand (sessionTemplates.existingConfigMap).
     hand_templates: Path | None = None
     redis_url: str | None = None  # REDIS_URL as an existing Secret would hold it
+    templates: Path = REPO_ROOT / "templates"  # the set the sessions' bundles come from
 
 
 def _ci(name: str) -> Path:
@@ -73,6 +75,9 @@ VARIANTS = [
     Variant("templates-from-values", set_files=tuple(
         (f"sessionTemplates.files.{path.name.replace('.', chr(92) + '.')}", path)
         for path in sorted(LIGHT_TEMPLATES.glob("*.yaml")))),
+    Variant("workspace", (_ci("workspace"),), set_files=tuple(
+        (f"sessionTemplates.files.{path.name.replace('.', chr(92) + '.')}", path)
+        for path in sorted(WORKSPACE_TEMPLATES.glob("*.yaml"))), templates=WORKSPACE_TEMPLATES),
 ]
 BY_NAME = {variant.name: variant for variant in VARIANTS}
 
@@ -152,7 +157,8 @@ def test_objects_are_in_the_two_namespaces_and_images_pinned(name: str) -> None:
 
 @variants
 def test_role_grants_exactly_what_the_service_uses(name: str) -> None:
-    checks.check_role_grants_exactly_what_the_service_uses(_deployed(name))
+    checks.check_role_grants_exactly_what_the_service_uses(_deployed(name),
+                                                           BY_NAME[name].templates)
     checks.check_role_is_bound_to_the_account_the_pods_run_as(_deployed(name))
 
 

@@ -116,18 +116,19 @@ def test_a_poisoned_reply_forwarded_by_the_api_settles_and_answers_no_500(
 
 @pytest.mark.parametrize("kind", sorted(POISON))
 def test_a_poisoned_reply_delivered_by_the_worker_settles(
-        settings, store, kube, make_api, make_worker, buggy_pod, kind, running_worker):
+        settings, store, make_api, make_worker, buggy_pod, kind, running_worker, mark_ready):
     pod = buggy_pod(kind)
-    settings = settings.replace(pod_url_template=pod.url, delivery_backoff_seconds=0.1)
+    settings = settings.replace(pod_url_template=pod.url, delivery_backoff_seconds=0.1,
+                                rate_limits_enabled=False)
     api = make_api(settings)
     session_id = api.create()
     assert api.chat(session_id, "say something odd", "m-1")[0] == 202  # not running: queued
     worker = make_worker(settings)
     with running_worker(worker):
-        store.records.set_status(session_id, "running", actor=Actor.WATCH, replicas=1,
-                         ready_replicas=1)
-        wait_until(lambda: api.messages(session_id)[0]["state"] in ("delivered", "failed"),
-                   timeout=20, what="the message settled")
+        mark_ready(session_id)  # the cluster says running: the worker's own watch agrees
+        wait_until(lambda: store.messages.list_messages(
+            session_id, after=0, limit=1, max_kept=10)[0][0]["state"] in ("delivered", "failed"),
+            timeout=20, what="the message settled")
     [message] = api.messages(session_id)
     expected(kind, message)
     assert pod.requests <= settings.delivery_max_attempts

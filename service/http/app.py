@@ -50,7 +50,7 @@ def create_app(settings: Settings, *, store: Store | None = None, kube: Kube | N
     kube = kube or Kube.from_environment(settings.namespace)
     sessions = Sessions(settings, store, kube, pods)
     registry = CollectorRegistry()
-    registry.register(StoreCollector(store))
+    registry.register(StoreCollector(store, warm_pool_target=settings.warm_pool_size))
 
     app = Flask(__name__, static_folder=None)  # /ui serves the chat page, when enabled
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

@@ -9,6 +9,7 @@ message is delivered again under the same message_id).
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Iterator
 
@@ -27,6 +28,16 @@ class PodReply:
 
     reply: dict
     warnings: tuple[str, ...] = ()
+    first_byte_ms: int = 0  # when the pod's answer began (epoch ms): the wake's last phase
+
+
+def request_body(message: str, message_id: str, session_id: str, user_id: str,
+                 history: str) -> bytes:
+    """POST /chat's body (SPEC §7). `history` is JSON text as the store built it (the
+    session's earlier exchanges), put in as it is rather than parsed and encoded again."""
+    fields = json.dumps({"message": message, "message_id": message_id,
+                         "session_id": session_id, "user_id": user_id})
+    return f"{fields[:-1]}, \"history\": {history}}}".encode()
 
 
 class PodClient:
@@ -61,8 +72,8 @@ class PodClient:
             session_id=session_id, port=self.settings.user_pod_port, pod_ip=pod_ip,
         )
 
-    def chat(self, session_id: str, message: str, message_id: str,
-             on_chunk: Callable[[str], None] | None = None) -> PodReply:
+    def chat(self, session_id: str, message: str, message_id: str, *, user_id: str = "",
+             history: str = "[]", on_chunk: Callable[[str], None] | None = None) -> PodReply:
         """The pod's JSON reply (the final one of a streamed answer); raises PodError when it
         cannot be had.
 
@@ -75,13 +86,15 @@ class PodClient:
         try:
             response = self.http.post(
                 url.rstrip("/") + "/chat",
-                json={"message": message, "message_id": message_id, "session_id": session_id},
-                headers={"Accept": f"application/json, {sse.CONTENT_TYPE}"},
+                data=request_body(message, message_id, session_id, user_id, history),
+                headers={"Accept": f"application/json, {sse.CONTENT_TYPE}",
+                         "Content-Type": "application/json"},
                 timeout=timeout, stream=True,
             )
         except requests.RequestException as err:
             raise PodError(f"pod unreachable: {type(err).__name__}",
                            not_sent=_never_sent(err)) from err
+        first_byte_ms = int(time.time() * 1000)  # its status line and headers are in
         try:
             if response.status_code >= 300:
                 raise PodError(f"pod answered HTTP {response.status_code}")
@@ -91,7 +104,7 @@ class PodClient:
                 reply = streamed_reply(body, on_chunk, warnings)
             else:
                 reply = json_reply(decoded(b"".join(body), warnings), warnings)
-            return PodReply(reply, tuple(dict.fromkeys(warnings)))
+            return PodReply(reply, tuple(dict.fromkeys(warnings)), first_byte_ms)
         finally:
             response.close()
 

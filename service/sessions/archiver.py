@@ -90,10 +90,11 @@ class Archiver:
 
     def sweep(self, session_id: str) -> None:
         """Delete the session's bundle, every kind it was applied with and the templates make
-        now (the caller holds the bundle lock). Objects with finalizers linger a while: the
-        session is in the sweeping index until they are gone."""
+        now but ARCHIVE_KEEP_KINDS (the caller holds the bundle lock). Objects with
+        finalizers linger a while: the session is in the sweeping index until they are
+        gone."""
         record = self.store.records.get_session(session_id) or {}
-        self.kube.delete(session_id, self.tiers.kinds_for(record))
+        self.kube.delete(session_id, self.tiers.archived_kinds(record))
 
     def finish_sweeps(self) -> dict[str, int]:
         """The archives whose objects were being deleted: those whose objects are gone leave
@@ -105,9 +106,10 @@ class Archiver:
         if not entries:
             return {"swept": 0, "sweeping": 0}
         records = self.store.records.get_sessions(list(entries))
-        kinds = list(dict.fromkeys(
+        kinds = [kind for kind in dict.fromkeys(
             [kind for record in records.values() for kind in kinds_of(record)]
-            + template_kinds(self.settings, keda_keys)))
+            + template_kinds(self.settings, keda_keys))
+            if kind.kind not in self.settings.archive_keep_kinds]
         undeleted: dict[str, bool] = {}  # archive with objects left -> one not being deleted
         for kind in kinds:
             for page in self.kube.list_pages(kind, bundle.label_selector(), metadata_only=True):
@@ -144,7 +146,7 @@ class Archiver:
             if record is None or record["status"] != "archived":
                 return False
             self.store.bundles.mark_sweeping(session_id)
-            self.kube.delete(session_id, self.tiers.kinds_for(record))
+            self.kube.delete(session_id, self.tiers.archived_kinds(record))
             return True
         finally:
             self.store.bundles.release_bundle_lock(session_id, token)

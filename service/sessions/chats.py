@@ -72,6 +72,8 @@ class Chats:
                 lease_seconds=self.settings.delivery_lease_seconds,
                 budget_bytes=self.settings.max_session_bytes,
                 bundle_version=self.tiers.version(),
+                history_limits=(self.settings.history_max_messages,
+                                self.settings.history_max_bytes),
             )
             if mode == "forward":
                 return self._forward(session_id, message, message_id, info, wait_seconds)
@@ -130,7 +132,7 @@ class Chats:
         the pod's reply. A failed attempt is not lost: unless it can never succeed, it stays
         in flight for the worker, which retries with backoff."""
         claim = Claim(session_id, info["seq"], message_id, message, 1, info["envelope"],
-                      info["lease_token"])
+                      info["lease_token"], info["user_id"], info["history"] or "[]")
         outcome = self.deliveries.attempt(claim, forwarded=True)
         if outcome.delivered:
             return Result(200, {"uuid": session_id, "status": "processed",

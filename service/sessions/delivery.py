@@ -38,14 +38,17 @@ class Claim:
     attempt: int
     envelope: str
     lease_token: str
+    user_id: str = ""
+    history: str = "[]"  # JSON text, as the store read it with the claim
 
     @classmethod
     def of(cls, session_id: str, claimed: dict) -> Claim:
-        """From what the store's claim (or a chat's admission) returned."""
+        """From what the store's claim returned."""
         message = claimed["message"]
         return cls(session_id, int(message["seq"]), message["message_id"], message["message"],
                    int(message.get("attempts") or 1), claimed["envelope"],
-                   claimed["lease_token"])
+                   claimed["lease_token"], claimed.get("user_id") or "",
+                   claimed.get("history") or "[]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +76,7 @@ class Deliveries:
                            lease_token=claim.lease_token)
         try:
             answer = self.pods.chat(claim.session_id, claim.message, claim.message_id,
+                                    user_id=claim.user_id, history=claim.history,
                                     on_chunk=relay)
         except PodError as err:
             return self._failed(claim, err, forwarded)
@@ -114,7 +118,8 @@ class Deliveries:
                 delivered=True, reply_or_error=json.dumps(answer.reply),
                 max_attempts=self.settings.delivery_max_attempts, retry_in_seconds=0,
                 forwarded=forwarded, budget_bytes=self.settings.max_session_bytes,
-                retry_for_seconds=retry_for_seconds, warning="; ".join(answer.warnings))
+                retry_for_seconds=retry_for_seconds, warning="; ".join(answer.warnings),
+                first_byte_ms=answer.first_byte_ms)
 
         if answer.warnings:
             log.warning("the pod's reply was mended: %s", "; ".join(answer.warnings),

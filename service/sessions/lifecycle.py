@@ -8,6 +8,7 @@ worker keeps in step with the cluster, so reads never wait on the Kubernetes API
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from typing import Any
@@ -16,10 +17,8 @@ from service.core import names
 from service.core.clock import iso, utc_now
 from service.core.config import Settings
 from service.core.errors import (
-    ClusterNotReady,
     Conflict,
     InvalidField,
-    KubeError,
     KubeNotFound,
     SessionNotFound,
     Unavailable,
@@ -32,8 +31,9 @@ from service.sessions.chats import Chats
 from service.sessions.delivery import Deliveries
 from service.sessions.listing import Listing
 from service.sessions.notices import Notices
+from service.sessions.pool import WarmPool
 from service.sessions.results import Result
-from service.sessions.tiers import REFRESHED_STATUSES, Tiers, sweep_kinds
+from service.sessions.tiers import REFRESHED_STATUSES, Tiers, kinds_of_pairs, sweep_kinds
 from service.sessions.waiting import ReplyWaiter
 from service.sessions.waking import Waker
 from service.store import Store
@@ -55,13 +55,15 @@ class Sessions:
         self.waiter = ReplyWaiter(store, self.notices, max_kept=settings.max_messages_kept)
         self.chats = Chats(settings, store, deliveries=self.deliveries, tiers=self.tiers,
                            waker=self.waker, waiter=self.waiter)
-        self.listing = Listing(store)
+        self.listing = Listing(store, warm_pool_target=settings.warm_pool_size)
+        self.pool = WarmPool(settings, store, self.tiers)
 
     def record(self, session_id: str) -> dict[str, str]:
+        """The session's record; a pooled one belongs to no user yet: not found either."""
         if not names.is_session_id(session_id):
             raise SessionNotFound()
         record = self.store.records.get_session(session_id)
-        if record is None:
+        if record is None or record.get("pooled") == "1":
             raise SessionNotFound()
         return record
 
@@ -89,35 +91,21 @@ class Sessions:
         return Result(201, body)
 
     def _create(self, user_id: str) -> dict[str, Any]:
-        session_id = self.store.records.reserve_id()
-        version = self.tiers.version()
-        rendered = self.tiers.render(session_id)
-        kinds = [(k.api_version, k.kind) for k in rendered.kinds()]
-        # Before the apply: a crash after it must not leave a kind no sweep knows of.
-        self.store.records.note_applied_kinds(kinds)
-        try:
-            self.kube.apply(rendered)  # sweeps what it applied if it fails part-way
-        except KubeNotFound as err:
-            self.store.records.release_id(session_id)
-            raise ClusterNotReady(
-                f"Cannot create the session's objects ({err.message}): is the namespace "
-                f"{self.settings.namespace!r} there and KEDA installed?") from err
-        except BaseException:
-            self.store.records.release_id(session_id)
-            raise
         token = secrets.token_urlsafe(32)
-        now = utc_now()
+        warm = self.pool.claim(user_id, token)  # a pod already up, when the pool has one
+        if warm is not None:
+            log.info("session created from the warm pool", extra={"session_id": warm["uuid"]})
+            return {"uuid": warm["uuid"], "user_id": user_id, "status": "running",
+                    "created_at": warm["created_at"], "session_token": token}
+        session_id = self.store.records.reserve_id()
+        version, kinds = self.tiers.apply_new(session_id)
         try:
-            record = self.store.records.create_session(session_id, user_id=user_id,
-                                               token_hash=hash_token(token), now=now,
-                                               bundle_version=version, bundle_kinds=kinds)
+            record = self.store.records.create_session(
+                session_id, user_id=user_id, token_hash=hash_token(token), now=utc_now(),
+                bundle_version=version, bundle_kinds=kinds)
         except BaseException:
             # No record means no bundle: take the objects back before reporting the failure.
-            try:
-                self.kube.delete(session_id, rendered.kinds())
-            except KubeError:
-                log.exception("could not sweep after a failed create; the reconciler will",
-                              extra={"session_id": session_id})
+            self.tiers.discard(session_id, kinds_of_pairs(kinds))
             raise
         log.info("session created", extra={"session_id": session_id})
         return {"uuid": session_id, "user_id": user_id, "status": record["status"],
@@ -187,4 +175,8 @@ class Sessions:
         }
         if record.get("reason"):
             body["reason"] = record["reason"]
+        if record.get("wake_phases"):
+            # The last wake: when it was asked (epoch ms), what asked it, and the seconds to
+            # each phase reached so far (lua/lib/wake.lua).
+            body["wake"] = json.loads(record["wake_phases"])
         return Result(200, body)

@@ -3,6 +3,7 @@ read the per-status indexes and counters, never the keyspace."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from service.core.clock import iso, utc_now
@@ -18,8 +19,9 @@ def public_session(session_id: str, record: dict[str, str]) -> dict[str, Any]:
 
 
 class Listing:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, warm_pool_target: int = 0) -> None:
         self.store = store
+        self.warm_pool_target = warm_pool_target
 
     def page(self, *, status: str | None, limit: int, cursor: int | None) -> Result:
         if status is not None and status not in STATUSES:
@@ -44,5 +46,13 @@ class Listing:
             "sessions_with_pending_messages": counts["sessions_with_pending_messages"],
             "messages": {k[len("messages_"):]: v for k, v in counts.items()
                          if k.startswith("messages_")},
+            "warm_pool": self._pool(counts),
             "timestamp": iso(utc_now()),
         }
+
+    def _pool(self, counts: dict[str, int]) -> dict[str, int]:
+        oldest = counts["pool_oldest_added_ms"]
+        return {"target": self.warm_pool_target, "size": counts["pool_size"],
+                "ready": counts["pool_ready"], "claims": counts["pool_claims"],
+                "misses": counts["pool_misses"], "refills": counts["pool_refills"],
+                "oldest_age_seconds": int(time.time() - oldest / 1000) if oldest else 0}

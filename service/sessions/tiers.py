@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from service import bundle
 from service.bundle import TemplateVersion, template_kinds
 from service.core.config import Settings
-from service.core.errors import SessionManagerError
+from service.core.errors import ClusterNotReady, KubeError, KubeNotFound, SessionManagerError
 from service.kube import Kube
 from service.store import Store, keda_keys
 
@@ -46,6 +46,10 @@ LOCK_SECONDS = 120
 def kinds_of(record: dict[str, str]) -> list[bundle.KindRef]:
     """The kinds a session's bundle was applied with, as its record says."""
     pairs = (item.split(" ", 1) for item in (record.get("bundle_kinds") or "").split(",") if item)
+    return [bundle.KindRef(api, kind) for api, kind in pairs]
+
+
+def kinds_of_pairs(pairs: list[tuple[str, str]]) -> list[bundle.KindRef]:
     return [bundle.KindRef(api, kind) for api, kind in pairs]
 
 
@@ -72,6 +76,35 @@ class Tiers:
         return bundle.render(session_id, self.settings, keda_keys(session_id))
 
     # -- applying ------------------------------------------------------------------------
+
+    def apply_new(self, session_id: str) -> tuple[str, list[tuple[str, str]]]:
+        """Apply a new session's bundle (its id reserved, no record yet): (version, kinds).
+        A failure releases the id and sweeps what was applied; a missing namespace or KEDA is
+        ClusterNotReady."""
+        version = self.version()
+        rendered = self.render(session_id)
+        kinds = [(k.api_version, k.kind) for k in rendered.kinds()]
+        # Before the apply: a crash after it must not leave a kind no sweep knows of.
+        self.store.records.note_applied_kinds(kinds)
+        try:
+            self.kube.apply(rendered)  # sweeps what it applied if it fails part-way
+        except KubeNotFound as err:
+            self.store.records.release_id(session_id)
+            raise ClusterNotReady(
+                f"Cannot create the session's objects ({err.message}): is the namespace "
+                f"{self.settings.namespace!r} there and KEDA installed?") from err
+        except BaseException:
+            self.store.records.release_id(session_id)
+            raise
+        return version, kinds
+
+    def discard(self, session_id: str, kinds: list[bundle.KindRef]) -> None:
+        """Take back a bundle that has no record (a create that failed after its apply)."""
+        try:
+            self.kube.delete(session_id, kinds)
+        except KubeError:
+            log.exception("could not sweep a bundle without a record; the reconciler will",
+                          extra={"session_id": session_id})
 
     def apply(self, session_id: str, *, statuses: Iterable[str],
               wait_for_lock_seconds: float = 0) -> str:
@@ -108,7 +141,14 @@ class Tiers:
             self.store.bundles.release_bundle_lock(session_id, token)
 
     def kinds_for(self, record: dict[str, str]) -> list[bundle.KindRef]:
+        """Every kind the session's bundle may have: what it was applied with, and what the
+        templates make now."""
         return list(dict.fromkeys([*kinds_of(record), *template_kinds(self.settings, keda_keys)]))
+
+    def archived_kinds(self, record: dict[str, str]) -> list[bundle.KindRef]:
+        """The kinds an archive sweeps: all but ARCHIVE_KEEP_KINDS (a workspace's claim)."""
+        return [kind for kind in self.kinds_for(record)
+                if kind.kind not in self.settings.archive_keep_kinds]
 
     def _swept(self, session_id: str, record: dict[str, str]) -> bool:
         """True unless the session's archive is still deleting its objects (under the bundle
@@ -116,7 +156,7 @@ class Tiers:
         since = self.store.bundles.sweeping_since(session_id)
         if since is None:
             return True
-        if self.kube.remaining(session_id, self.kinds_for(record)):
+        if self.kube.remaining(session_id, self.archived_kinds(record)):
             return False
         self.store.bundles.drop_sweeping({session_id: since})
         return True

@@ -2,8 +2,8 @@
 
 `Database` is the connection and the scripts (each sent with the shared functions of `lua/lib/`
 in front, the constants they read, and the status transition table). `Store` holds one part
-per concern — records, their indexes, messages, the event log, the bundle index, coordination —
-each a small object over the same `Database`.
+per concern — records, their indexes, messages, the event log, the bundle index, coordination,
+the warm pool — each a small object over the same `Database`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,21 @@ from service.store.coordination import Coordination
 from service.store.event_log import DEFAULT_EVENTS_KEPT, EventLog
 from service.store.failures import UNAVAILABLE, unavailable
 from service.store.index import SessionIndex
-from service.store.keys import EVENTS_CHANNEL, WORK_CHANNEL
+from service.store.keys import (
+    EVENTS_CHANNEL,
+    POOL_INDEX,
+    POOL_READY,
+    WAKE_HISTOGRAM,
+    WORK_CHANNEL,
+)
 from service.store.messages import Messages
+from service.store.pool import SessionPool
 from service.store.records import SessionRecords
 
 DEFAULT_MAX_CONNECTIONS = 100  # per process (REDIS_MAX_CONNECTIONS)
+# A wake's first_byte phase counts only for a reply this soon after the wake was asked: a
+# chat sent an hour later says nothing of the wake.
+WAKE_FIRST_BYTE_WINDOW_SECONDS = 120
 _LUA = Path(__file__).resolve().parent / "lua"
 
 
@@ -37,7 +47,10 @@ class Database:
         self.session_ttl = session_ttl_seconds
         self.activity_ttl = activity_ttl_seconds
         library = (f"local EVENTS_KEPT, EVENTS_CHANNEL = {int(events_kept)}, "
-                   f"'{EVENTS_CHANNEL}'\nlocal TRANSITIONS = {lua_table()}\n")
+                   f"'{EVENTS_CHANNEL}'\nlocal POOL_INDEX, POOL_READY = '{POOL_INDEX}', "
+                   f"'{POOL_READY}'\nlocal WAKE_HISTOGRAM, WAKE_FIRST_BYTE_WINDOW_MS = "
+                   f"'{WAKE_HISTOGRAM}', {WAKE_FIRST_BYTE_WINDOW_SECONDS * 1000}\n"
+                   f"local TRANSITIONS = {lua_table()}\n")
         library += "".join(path.read_text() + "\n"
                            for path in sorted((_LUA / "lib").glob("*.lua")))
         self._scripts = {
@@ -88,6 +101,7 @@ class Store:
         self.events = EventLog(self.db)
         self.bundles = BundleIndex(self.db)
         self.coordination = Coordination(self.db)
+        self.pool = SessionPool(self.db)
 
     @classmethod
     def from_url(cls, url: str, *, socket_timeout_seconds: float, session_ttl_seconds: int,

@@ -15,10 +15,13 @@ from service.store.keys import (
     EXPIRY_INDEX,
     LISTED_FIELDS,
     PENDING_INDEX,
+    POOL_INDEX,
+    POOL_READY,
     RESTORE_INDEX,
     STATS,
     STATUS_INDEX_PREFIX,
     SWEEPING_INDEX,
+    WAKE_HISTOGRAM,
     _reservation_key,
     record_key,
 )
@@ -50,6 +53,8 @@ class SessionIndex:
         return sessions, next_cursor
 
     def counts(self) -> dict[str, int]:
+        """Every figure /metrics serves, in one round trip of a few commands (ZCARDs and the
+        counters), whatever the number of sessions."""
         try:
             pipe = self.db.redis.pipeline(transaction=False)
             pipe.zcard(ALL_INDEX)
@@ -60,15 +65,22 @@ class SessionIndex:
             pipe.zcard(RESTORE_INDEX)
             pipe.zcard(SWEEPING_INDEX)
             pipe.hgetall(STATS)
-            total, *by_status, pending, bundled, restores, sweeping, stats = pipe.execute()
+            pipe.zcard(POOL_INDEX)
+            pipe.zcard(POOL_READY)
+            pipe.zrange(POOL_INDEX, 0, 0, withscores=True)
+            (total, *by_status, pending, bundled, restores, sweeping, stats, pool, pool_ready,
+             pool_oldest) = pipe.execute()
         except UNAVAILABLE as err:
             raise unavailable(err) from err
         counts = {"total": total, "sessions_with_pending_messages": pending,
                   "sessions_with_bundle": bundled, "restores_asked": restores,
-                  "archives_sweeping": sweeping}
+                  "archives_sweeping": sweeping, "pool_size": pool, "pool_ready": pool_ready,
+                  "pool_oldest_added_ms": int(pool_oldest[0][1]) if pool_oldest else 0}
         counts.update(dict(zip(STATUSES, by_status, strict=True)))
-        for name in ("queued", "delivered", "failed", "forwarded"):
-            counts[f"messages_{name}"] = int(stats.get(name, 0))
+        for name in ("queued", "delivered", "failed", "forwarded", "pool_claims",
+                     "pool_misses", "pool_refills"):
+            key = name if name.startswith("pool_") else f"messages_{name}"
+            counts[key] = int(stats.get(name, 0))
         return counts
 
     def expired_page(self, *, now: float, offset: int, limit: int) -> tuple[list[str], int]:
@@ -124,3 +136,13 @@ class SessionIndex:
                 if len(entries) < batch:
                     break
                 low = f"({int(entries[-1][1])}"
+
+    def wake_phases(self) -> dict[str, dict[str, int]]:
+        """The wake phases' counters (lua/lib/wake.lua): phase -> {"count", "sum_ms", and a
+        count per bucket bound in ms, cumulative}."""
+        raw = self.db.call(self.db.redis.hgetall, WAKE_HISTOGRAM)
+        phases: dict[str, dict[str, int]] = {}
+        for field, value in raw.items():
+            phase, _, name = field.partition(":")
+            phases.setdefault(phase, {})[name] = int(value)
+        return phases

@@ -42,6 +42,13 @@ SWEEPING_INDEX = _P + "sweeping"
 # crash-looping pod. Set by the status scripts; their queued messages are failed once a
 # session stays in it FAILED_SESSION_GRACE_SECONDS.
 FAILING_INDEX = _P + "failing"
+# The warm pool: sessions created ahead of their users (score: created, epoch ms), and those
+# of them whose pod is up (score: ready since, epoch ms). A create claims the oldest ready one.
+POOL_INDEX = _P + "pool"
+POOL_READY = _P + "pool:ready"
+# Counters of the wake phases every process records (bucket and sum counts per phase, see
+# lua/lib/wake.lua): the histogram /metrics serves.
+WAKE_HISTOGRAM = _P + "wake"
 # The sessions namespace this Redis database serves, set by the first worker: the archiver,
 # the reconciler and the watch act on every record here, so two installations sharing one
 # database would sweep and mark each other's sessions.

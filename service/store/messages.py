@@ -43,11 +43,14 @@ class Messages:
     def admit_chat(self, session_id: str, *, message_id: str, message: dict,
                    max_queued: int, max_kept: int, allow_forward: bool,
                    lease_seconds: int, budget_bytes: int = 0,
-                   bundle_version: str = "", hold_seconds: float = 30) -> tuple[str, dict]:
+                   bundle_version: str = "", hold_seconds: float = 30,
+                   history_limits: tuple[int, int] = (0, 0)) -> tuple[str, dict]:
         """Returns (mode, info): mode is forward|queued|duplicate|backlog|budget|gone|
         terminating. A queued message's info["needs"] is "restore" (archived: asked in the
         restore index), "refresh" (asleep on a bundle other than `bundle_version`) or "";
         when not "", the scalers have not been told (the caller does, once it is applied).
+        A forwarded message's info carries the conversation for its pod ("history", JSON text
+        bounded by `history_limits`: messages, bytes) and "user_id", read in the same step.
         An admitted message also counts as activity (TTLs and KEDA's activity key)."""
         token = secrets.token_hex(8)
         now = utc_now()
@@ -61,13 +64,15 @@ class Messages:
             [session_id, message_id, json.dumps(message), int(now.timestamp() * 1000),
              max_queued, max_kept, token, lease_seconds * 1000, "1" if allow_forward else "0",
              iso(now), self.db.session_ttl, int(now.timestamp()) + self.db.session_ttl,
-             WORK_CHANNEL, budget_bytes, bundle_version, int(hold_seconds * 1000)],
+             WORK_CHANNEL, budget_bytes, bundle_version, int(hold_seconds * 1000),
+             *history_limits],
         )
         mode = result[0]
         if mode in ("forward", "queued"):
             return mode, {"seq": int(result[1]), "envelope": result[2],
                           "paused": result[3] == "1", "lease_token": token,
-                          "status": result[4], "needs": result[5]}
+                          "status": result[4], "needs": result[5], "history": result[6],
+                          "user_id": result[7]}
         if mode == "duplicate":
             return mode, {"seq": int(result[1]),
                           "message": json.loads(result[2]) if result[2] else {},
@@ -78,10 +83,12 @@ class Messages:
             return mode, {"kept_bytes": int(result[1])}
         return mode, {}
 
-    def claim_delivery(self, session_id: str, *, lease_seconds: int,
-                       max_attempts: int) -> dict | None:
-        """The next message to deliver under the session's lease, or None. A message that
-        had `max_attempts` claims and no outcome is failed on the way."""
+    def claim_delivery(self, session_id: str, *, lease_seconds: int, max_attempts: int,
+                       history_limits: tuple[int, int] = (0, 0)) -> dict | None:
+        """The next message to deliver under the session's lease, or None; with it, in the
+        same step, the conversation for its pod ("history", JSON text bounded by
+        `history_limits`) and "user_id". A message that had `max_attempts` claims and no
+        outcome is failed on the way."""
         token = secrets.token_hex(8)
         result = self.db.run(
             "claim_delivery",
@@ -89,17 +96,19 @@ class Messages:
              _messages_key(session_id), PENDING_INDEX, _delivery_lease(session_id),
              work_key(session_id), events_key(session_id), STATS],
             [session_id, token, lease_seconds * 1000, now_ms(), self.db.activity_ttl,
-             max_attempts, iso(utc_now()), SETTLED_CHANNEL],
+             max_attempts, iso(utc_now()), SETTLED_CHANNEL, *history_limits],
         )
         if result[0] != "claimed":
             return None
-        return {"envelope": result[1], "message": json.loads(result[2]), "lease_token": token}
+        return {"envelope": result[1], "message": json.loads(result[2]), "lease_token": token,
+                "history": result[3], "user_id": result[4]}
 
     def finish_delivery(self, session_id: str, *, envelope: str, lease_token: str,
                         delivered: bool, reply_or_error: str, max_attempts: int,
                         retry_in_seconds: float, forwarded: bool = False,
                         budget_bytes: int = 0, not_sent: bool = False,
-                        retry_for_seconds: float = 0, warning: str = "") -> dict:
+                        retry_for_seconds: float = 0, warning: str = "",
+                        first_byte_ms: int = 0) -> dict:
         """Settle or reschedule an attempt; a delivery also counts as activity (and, when
         `forwarded`, as a chat answered directly by the pod). With retry_for_seconds, an
         outcome already had is not given up to a Redis outage that short: until it is
@@ -110,7 +119,8 @@ class Messages:
             try:
                 return self._finish_delivery(
                     session_id, envelope, lease_token, delivered, reply_or_error,
-                    max_attempts, retry_in_seconds, forwarded, budget_bytes, not_sent, warning)
+                    max_attempts, retry_in_seconds, forwarded, budget_bytes, not_sent, warning,
+                    first_byte_ms)
             except RedisUnavailable:
                 if time.monotonic() + SETTLE_RETRY_SECONDS > deadline:
                     raise
@@ -119,7 +129,7 @@ class Messages:
     def _finish_delivery(self, session_id: str, envelope: str, lease_token: str,
                          delivered: bool, reply_or_error: str, max_attempts: int,
                          retry_in_seconds: float, forwarded: bool, budget_bytes: int,
-                         not_sent: bool, warning: str) -> dict:
+                         not_sent: bool, warning: str, first_byte_ms: int) -> dict:
         moment = utc_now()
         now = int(moment.timestamp() * 1000)
         stored = self.db.run(
@@ -133,7 +143,7 @@ class Messages:
              now + int(retry_in_seconds * 1000), self.db.session_ttl,
              int(moment.timestamp()) + self.db.session_ttl, self.db.activity_ttl,
              "forwarded" if forwarded else "", budget_bytes, "1" if not_sent else "0",
-             SETTLED_CHANNEL, warning],
+             SETTLED_CHANNEL, warning, first_byte_ms],
         )
         return json.loads(stored) if stored else {}
 

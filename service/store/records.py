@@ -4,6 +4,7 @@ Lua script that also keeps the indexes and the event log in step."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -80,6 +81,8 @@ class SessionRecords:
             "replicas": "0", "ready_replicas": "0", "bundle_version": bundle_version,
             "bundle_kinds": ",".join(f"{api} {kind}" for api, kind in bundle_kinds),
             "applied_at": str(int(now.timestamp())),
+            # The create is the session's first wake: its phases count from now.
+            "wake_phases": json.dumps({"at": int(now.timestamp() * 1000), "kind": "create"}),
         }
         flat = [item for pair in fields.items() for item in pair]
         created = self.db.run(
@@ -107,17 +110,19 @@ class SessionRecords:
         return self.db.call(self.db.redis.hget, record_key(session_id), "pod_ip") or None
 
     def set_status(self, session_id: str, status: str, *, actor: Actor, reason: str = "",
-                   **fields: Any) -> tuple[str | None, bool]:
+                   reached: tuple[str, ...] = (), **fields: Any) -> tuple[str | None, bool]:
         """(the status before or None when the record is gone, whether `status` was written):
         written only when `actor` may make that move from the status the record has now
-        (`transitions`); with the watch as actor, a paused session stays sleeping."""
+        (`transitions`); with the watch as actor, a paused session stays sleeping. `reached`:
+        the wake phases the cluster shows done (lua/lib/wake.lua), recorded once per wake."""
         assert status in STATUSES, status
         extra = [item for key, value in fields.items() for item in (key, str(value))]
         result = self.db.run("set_status",
                            [record_key(session_id), STATUS_INDEX_PREFIX, PENDING_INDEX,
                             queue_key(session_id), _inflight_key(session_id),
                             events_key(session_id), FAILING_INDEX],
-                           [session_id, status, reason, now_ms(), actor.value, *extra])
+                           [session_id, status, reason, now_ms(), actor.value, ",".join(reached),
+                            *extra])
         if not isinstance(result, list):  # no record (or a pipeline's, answered later)
             return None, False
         return result[0], bool(int(result[1]))

@@ -58,6 +58,7 @@ class Reconciler:
                    "deletes_finished": 0, "pauses_repaired": 0, "archives_swept": 0,
                    "messages_failed": 0, "errors": 0}
         self._paused: dict[str, bool] = {}
+        self._unkept: set[str] = set()  # sessions with objects an archive does not keep
         self._unavailable_in_a_row = 0
         self._beat = beat
         try:
@@ -138,15 +139,19 @@ class Reconciler:
                                              page_size=PAGE_SIZE):
                 self._beat()
                 for obj in page:
-                    self._note_live(obj, live, pause_kind=kind == PAUSE_KIND)
+                    self._note_live(obj, live, pause_kind=kind == PAUSE_KIND,
+                                    kept=kind.kind in self.settings.archive_keep_kinds)
         return live
 
-    def _note_live(self, obj: dict, live: dict[str, float], *, pause_kind: bool) -> None:
+    def _note_live(self, obj: dict, live: dict[str, float], *, pause_kind: bool,
+                   kept: bool) -> None:
         session_id = names.session_of_object(obj)
         if session_id is None or obj["metadata"].get("deletionTimestamp"):
             return  # not ours, or already being deleted (e.g. waiting on KEDA)
         created = _epoch(obj["metadata"].get("creationTimestamp"))
         live[session_id] = min(created, live.get(session_id, created))
+        if not kept:  # an archive keeps these (a workspace): not a sign its sweep failed
+            self._unkept.add(session_id)
         if pause_kind:  # metadata-only objects do not say their kind: the listing does
             annotations = obj["metadata"].get("annotations") or {}
             self._paused[session_id] = annotations.get(PAUSED_REPLICAS_ANNOTATION) == "0"
@@ -186,8 +191,9 @@ class Reconciler:
                 figures["deletes_finished"] += 1
         elif record["status"] == "archived":
             # `live` leaves out objects being deleted (an archive's ScaledObject waiting on
-            # KEDA): these are an archive whose deletes failed, or a restore's record update.
-            if session_id in live:
+            # KEDA), and the kinds an archive keeps: these are an archive whose deletes
+            # failed, or a restore's record update.
+            if session_id in self._unkept:
                 try:
                     if self.archiver.sweep_if_free(session_id):
                         figures["archives_swept"] += 1

@@ -26,6 +26,7 @@ from service.kube import WATCH_READ_MARGIN_SECONDS, Kube
 from service.pods import PodClient
 from service.sessions.archiver import Archiver
 from service.sessions.delivery import Claim, Deliveries
+from service.sessions.pool import WarmPool
 from service.sessions.tiers import Tiers
 from service.store import Store
 from service.worker.health import HealthServer, Heartbeats
@@ -36,6 +37,7 @@ from service.worker.status_watch import StatusTracker, StatusWatch
 
 log = logging.getLogger(__name__)
 
+POOL_KEEP_INTERVAL_SECONDS = 1.0
 REPORT_INTERVAL_SECONDS = 5.0  # how often a worker tells /health it is alive
 WATCH_TIMEOUT_SECONDS = 2  # a watch request ends this often: how soon a term notices its end
 
@@ -61,15 +63,19 @@ class Worker:
         self.health: HealthServer | None = None  # set by run(health_port=...)
         self.tiers = Tiers(settings, store, kube)
         self.archiver = Archiver(settings, store, kube, self.tiers)
+        self.pool = WarmPool(settings, store, self.tiers)
         self.reconciler = Reconciler(settings, store, kube, archiver=self.archiver)
         self.leadership = Leadership(store, worker_id=self.worker_id,
                                      namespace=settings.namespace)
-        # Sweeps of the archiver's passes, and restores: each their own pool, so a long
-        # archive pass never keeps a restore (a chat waiting) behind it.
+        # Sweeps of the archiver's passes, restores and the warm pool's new sessions: each
+        # their own threads, so a long archive pass never keeps a restore (a chat waiting) or
+        # a refill (the next create) behind it.
         self.archive_pool = ThreadPoolExecutor(settings.bundle_concurrency,
                                                thread_name_prefix="archive")
         self.restore_pool = ThreadPoolExecutor(settings.bundle_concurrency,
                                                thread_name_prefix="restore")
+        self.refill_pool = ThreadPoolExecutor(settings.bundle_concurrency,
+                                              thread_name_prefix="refill")
         self._restoring: set[str] = set()
         # What each loop may take between two beats before /healthz calls the worker stalled.
         watch_allowance = 2 * (watch_timeout_seconds + WATCH_READ_MARGIN_SECONDS) + 10
@@ -79,7 +85,7 @@ class Worker:
             # Both beat per page or sweep of a pass (a long pass is progress, not a stall),
             # and wait up to their interval between passes.
             "reconciler": max(180.0, 3.0 * settings.reconcile_interval_seconds),
-            "archiver": 180.0,
+            "archiver": 180.0, "pool": 180.0,
             "scaler": 30.0, "scaler-notify": 30.0,
         })
         self.status_watch = StatusWatch(kube, self.tracker, self.heartbeats,
@@ -123,7 +129,9 @@ class Worker:
         while True:
             claimed = self.store.messages.claim_delivery(
                 session_id, lease_seconds=self.settings.delivery_lease_seconds,
-                max_attempts=self.settings.delivery_max_attempts)
+                max_attempts=self.settings.delivery_max_attempts,
+                history_limits=(self.settings.history_max_messages,
+                                self.settings.history_max_bytes))
             if claimed is None:
                 return delivered
             # No touch needed: the message stays in the session's work set until it is
@@ -161,6 +169,15 @@ class Worker:
             self.heartbeats.beat("archiver")
             term_over.wait(interval)
         self.heartbeats.forget("archiver")
+
+    def keep_pool_periodically(self, term_over: threading.Event) -> None:
+        """The warm pool's keeper (one leader): recycle and refill every second."""
+        while not term_over.is_set():
+            self.heartbeats.beat("pool")
+            self.pool.keep(self.refill_pool, beat=lambda: self.heartbeats.beat("pool"))
+            self.heartbeats.beat("pool")
+            term_over.wait(POOL_KEEP_INTERVAL_SECONDS)
+        self.heartbeats.forget("pool")
 
     def reconcile_periodically(self, term_over: threading.Event) -> None:
         while not term_over.is_set():
@@ -202,6 +219,10 @@ class Worker:
             leaders.append(threading.Thread(
                 target=self.leadership.lead, args=("archiver", stop, self.archive_periodically),
                 daemon=True, name="archiver"))
+        # Led even with WARM_POOL_SIZE=0: what a larger size left behind is given back.
+        leaders.append(threading.Thread(
+            target=self.leadership.lead, args=("pool", stop, self.keep_pool_periodically),
+            daemon=True, name="pool"))
         for thread in leaders:
             thread.start()
         reported_at = float("-inf")
@@ -239,6 +260,7 @@ class Worker:
         self.delivery_pool.shutdown(wait=True)
         self.restore_pool.shutdown(wait=True)
         self.archive_pool.shutdown(wait=True, cancel_futures=True)
+        self.refill_pool.shutdown(wait=True, cancel_futures=True)
         if health is not None:
             health.stop()
         log.info("worker stopped", extra={"worker_id": self.worker_id})

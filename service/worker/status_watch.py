@@ -59,6 +59,27 @@ def ready_pod_ip(pod: dict[str, Any]) -> str | None:
     return (status.get("podIP") or None) if ready else None
 
 
+def pod_progress(pod: dict[str, Any]) -> frozenset[str]:
+    """The wake phases (lua/lib/wake.lua) this pod shows reached: scheduled, image (a
+    container has its image: the kubelet reports an imageID once it is pulled), started (a
+    container runs), ready. None for a pod that is going away."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return frozenset()
+    status = pod.get("status") or {}
+    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    containers = status.get("containerStatuses") or []
+    reached = set()
+    if conditions.get("PodScheduled") == "True":
+        reached.add("scheduled")
+    if any(c.get("imageID") for c in containers):
+        reached.add("image")
+    if any((c.get("state") or {}).get("running") for c in containers):
+        reached.update(("image", "started"))
+    if conditions.get("Ready") == "True":
+        reached.update(("image", "started", "ready"))
+    return frozenset(reached)
+
+
 def derive_status(deployment: DeploymentState, failure: str | None,
                   pod_ready: bool | None = None) -> tuple[str, str]:
     """`pod_ready`: whether a Ready pod that is not being deleted is known (None: no pod of the
@@ -88,6 +109,8 @@ class StatusTracker:
         self._failures: dict[str, dict[str, str]] = {}  # session -> pod name -> reason
         # session -> pod name -> IP while Ready and not being deleted, else "": every pod seen
         self._addresses: dict[str, dict[str, str]] = {}
+        # session -> pod name -> the wake phases it shows reached (pod_progress)
+        self._progress: dict[str, dict[str, frozenset[str]]] = {}
 
     def on_deployment(self, event_type: str, obj: dict[str, Any]) -> None:
         if event_type == "RELIST":
@@ -112,6 +135,7 @@ class StatusTracker:
         if event_type == "RELIST":
             fresh: dict[str, dict[str, str]] = {}
             addresses: dict[str, dict[str, str]] = {}
+            progress: dict[str, dict[str, frozenset[str]]] = {}
             for item in obj["items"]:
                 session_id, reason = names.session_of_object(item), pod_failure_reason(item)
                 if session_id is not None and reason:
@@ -119,11 +143,14 @@ class StatusTracker:
                 if session_id is not None:
                     addresses.setdefault(session_id, {})[item["metadata"]["name"]] = (
                         ready_pod_ip(item) or "")
+                    progress.setdefault(session_id, {})[item["metadata"]["name"]] = (
+                        pod_progress(item))
             with self._lock:
                 # Failures and addresses that cleared, too.
                 touched = set(self._failures) | set(fresh) | set(self._addresses) | set(addresses)
                 self._failures = fresh
                 self._addresses = addresses
+                self._progress = progress
             for session_id in touched:
                 self._publish(session_id)
             return
@@ -135,8 +162,10 @@ class StatusTracker:
         with self._lock:
             if event_type == "DELETED":
                 _set_per_pod(self._addresses, session_id, pod_name, None)
+                _set_per_pod(self._progress, session_id, pod_name, None)
             else:
                 self._addresses.setdefault(session_id, {})[pod_name] = ready_pod_ip(obj) or ""
+                self._progress.setdefault(session_id, {})[pod_name] = pod_progress(obj)
             _set_per_pod(self._failures, session_id, pod_name, reason)
         self._publish(session_id)
 
@@ -149,11 +178,16 @@ class StatusTracker:
                 pods = self._addresses.get(session_id) or {}
                 ready = sorted(ip for ip in pods.values() if ip)
                 pod_ip = ready[0] if ready else ""
+                reached = {phase for phases in (self._progress.get(session_id) or {}).values()
+                           for phase in phases}
             if deployment is None:
                 return  # a pod seen before its Deployment; the Deployment's event will publish
             status, reason = derive_status(deployment, failure, bool(ready) if pods else None)
+            if deployment.replicas > 0:
+                reached.add("scaled")
             previous, written = self.store.records.set_status(
                 session_id, status, actor=Actor.WATCH, reason=reason,
+                reached=tuple(sorted(reached)),
                 replicas=deployment.replicas, ready_replicas=deployment.ready_replicas,
                 pod_ip=pod_ip)
         if written and previous != status:
@@ -161,8 +195,8 @@ class StatusTracker:
                      extra={"session_id": session_id, "reason": reason or None})
 
 
-def _set_per_pod(by_session: dict[str, dict[str, str]], session_id: str, pod_name: str,
-                 value: str | None) -> None:
+def _set_per_pod(by_session: dict[str, dict[str, Any]], session_id: str, pod_name: str,
+                 value: Any) -> None:
     """Record (or, with None, forget) one pod's value; a session with no pod left drops out."""
     pods = by_session.setdefault(session_id, {})
     if value:

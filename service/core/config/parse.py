@@ -155,3 +155,12 @@ def bind_address(raw: str) -> None:
         ipaddress.ip_address(raw)
     except ValueError:
         names.check_hostname(raw)
+
+
+def kind_names(raw: str) -> tuple[str, ...]:
+    """Comma-separated Kubernetes kind names (PersistentVolumeClaim, ConfigMap...)."""
+    kinds = tuple(kind.strip() for kind in raw.split(",") if kind.strip())
+    for kind in kinds:
+        if not re.fullmatch(r"[A-Z][A-Za-z0-9]{0,62}", kind):
+            raise ValueError(f"{kind!r} is not a kind name")
+    return kinds

@@ -93,6 +93,11 @@ class Settings:
         3600, env="ARCHIVE_AFTER_SECONDS", minimum=0, group="Sessions",
         doc="idle seconds after which a session is archived (bundle swept, record and "
             "conversation kept); 0: never; must exceed IDLE_TIMEOUT")
+    archive_keep_kinds: tuple[str, ...] = setting(
+        ("PersistentVolumeClaim",), env="ARCHIVE_KEEP_KINDS", check=parse.kind_names,
+        group="Sessions", shown_default="PersistentVolumeClaim",
+        doc="kinds of a bundle an archive keeps (comma-separated): a session's workspace "
+            "survives the archive and a restore re-attaches it; a delete sweeps everything")
     failed_session_grace_seconds: int = setting(
         300, env="FAILED_SESSION_GRACE_SECONDS", group="Sessions",
         doc="a session failed (or crash-looping) this long has its queued chats failed with "
@@ -130,6 +135,14 @@ class Settings:
     pod_timeout_seconds: float = setting(
         30.0, env="POD_TIMEOUT_SECONDS", minimum=0.1, group="Session pods",
         doc="deadline of one whole exchange with a pod")
+    history_max_messages: int = setting(
+        20, env="HISTORY_MAX_MESSAGES", minimum=0, maximum=1000, group="Session pods",
+        doc="earlier settled exchanges sent with every delivery as `history` (the newest "
+            "kept); 0: none")
+    history_max_bytes: int = setting(
+        64 * 1024, env="HISTORY_MAX_BYTES", minimum=0, group="Session pods",
+        doc="the most bytes of `history` one delivery carries (the newest exchanges kept); "
+            "0: none")
     max_reply_bytes: int = setting(
         256 * 1024, env="MAX_REPLY_BYTES", group="Session pods",
         doc="the largest pod reply kept; a larger one fails its message at once")
@@ -250,6 +263,13 @@ class Settings:
     log_level: str = setting("INFO", env="LOG_LEVEL", group="Serving",
                              choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                              doc="JSON logs, one object per line")
+    warm_pool_size: int = setting(
+        0, env="WARM_POOL_SIZE", minimum=0, maximum=100, group="Worker",
+        doc="sessions kept created ahead of their users, their pods up, so a create is "
+            "answered by a running pod (each costs a pod always running); 0: off")
+    warm_pool_max_age_seconds: int = setting(
+        3600, env="WARM_POOL_MAX_AGE_SECONDS", minimum=60, group="Worker",
+        doc="a pooled session older than this is replaced by a new one")
     # -- the worker --------------------------------------------------------------------------
     delivery_max_attempts: int = setting(
         5, env="DELIVERY_MAX_ATTEMPTS", group="Worker",

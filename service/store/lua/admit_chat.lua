@@ -8,7 +8,9 @@
 --       expiry_index, work, events, bundled_index, restore_index, refresh_hold
 -- ARGV: id, message_id, message_json, now_ms, max_queued, max_kept, lease_token, lease_ms,
 --       allow_forward, now_iso, ttl_seconds, expires_at, work_channel, budget_bytes,
---       bundle_version (the templates' now), hold_ms
+--       bundle_version (the templates' now), hold_ms, history_max_messages,
+--       history_max_bytes (a forwarded message goes to its pod with the conversation:
+--       lib/history.lua)
 -- The bundle comes first for a session that is not running: an archived one has none (a
 -- restore is asked, in the restore index, durably), a sleeping or failed one may run an
 -- older version of the templates ('refresh'). Either way the scalers are not told here:
@@ -19,7 +21,8 @@
 -- The conversation also keeps within budget_bytes (0: no budget): the oldest settled
 -- messages make room; when only unsettled ones are left, the chat is refused ('budget').
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'gone'} end
+-- A warm pool's session belongs to no user yet: for a chat, it does not exist.
+if not status or redis.call('HGET', KEYS[1], 'pooled') == '1' then return {'gone'} end
 if status == 'terminating' then return {'terminating'} end
 local existing = redis.call('HGET', KEYS[5], ARGV[2])
 if existing then
@@ -97,5 +100,7 @@ elseif (status == 'sleeping' or status == 'failed')
 else
   redis.call('PUBLISH', ARGV[13], ARGV[1])
 end
+local conversation = ''
+if mode == 'forward' then conversation = history(KEYS[1], KEYS[4], seq, ARGV[17], ARGV[18]) end
 return {mode, tostring(seq), envelope, redis.call('HGET', KEYS[1], 'paused') or '0', status,
-        needs}
+        needs, conversation, redis.call('HGET', KEYS[1], 'user_id') or ''}

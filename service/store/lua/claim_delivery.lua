@@ -9,7 +9,8 @@
 -- sleeps or wakes; set_status puts it back the moment its pod is ready.
 -- KEYS: record, queue, inflight, messages, pending_index, lease, work, events, stats
 -- ARGV: id, lease_token, lease_ms, now_ms, activity_ttl_seconds, max_attempts, now_iso,
---       settled_channel
+--       settled_channel, history_max_messages, history_max_bytes
+-- Returns {'claimed', envelope, message, history (lib/history.lua), user_id} or {why not}.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[5], ARGV[1])
   return {'gone'}
@@ -43,7 +44,8 @@ while true do
     redis.call('HSET', KEYS[1], 'chunks_from', event_id)
     -- Not due again before the lease lapses (the worker reschedules when it finishes).
     redis.call('ZADD', KEYS[5], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[1])
-    return {'claimed', envelope, stored}
+    return {'claimed', envelope, stored, history(KEYS[1], KEYS[4], seq, ARGV[9], ARGV[10]),
+            redis.call('HGET', KEYS[1], 'user_id') or ''}
   end
   if open then
     message['state'] = 'failed'

@@ -11,6 +11,8 @@ redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('ZREM', KEYS[7], ARGV[1])
 redis.call('ZREM', KEYS[8], ARGV[1])
 redis.call('ZREM', KEYS[9], ARGV[1])
+redis.call('ZREM', POOL_INDEX, ARGV[1])
+redis.call('ZREM', POOL_READY, ARGV[1])
 redis.call('DEL', KEYS[1])
 for i = 10, #KEYS do redis.call('DEL', KEYS[i]) end
 -- Open /events streams of the session end now, on every replica.

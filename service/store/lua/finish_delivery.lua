@@ -16,7 +16,8 @@
 --       activity_ttl_seconds, extra_counter ('' or a stats field to count a delivery under),
 --       budget_bytes (0: none), not_sent ('1': the request never reached the pod),
 --       settled_channel (told '<id>:<seq>' once the message is delivered or failed),
---       warning ('' or what was wrong with the reply and was mended, kept with the message)
+--       warning ('' or what was wrong with the reply and was mended, kept with the message),
+--       first_byte_ms (when the pod's answer began: the wake's first_byte phase, 0: unknown)
 local seq = cjson.decode(ARGV[2])['seq']
 local stored = redis.call('HGET', KEYS[4], seq)
 local retry_at = tonumber(ARGV[7])
@@ -93,6 +94,7 @@ else
   redis.call('ZREM', KEYS[5], ARGV[1])
 end
 if ARGV[4] == 'delivered' and redis.call('EXISTS', KEYS[1]) == 1 then
+  if tonumber(ARGV[18]) > 0 then note_wake(KEYS[1], {first_byte = true}, ARGV[18]) end
   redis.call('HSET', KEYS[1], 'last_activity', ARGV[6])
   redis.call('EXPIRE', KEYS[1], ARGV[10])
   redis.call('EXPIRE', KEYS[4], ARGV[10])

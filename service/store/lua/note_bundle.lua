@@ -18,6 +18,7 @@ redis.call('HSET', KEYS[1], 'bundle_version', ARGV[2], 'bundle_kinds', ARGV[3],
   'applied_at', ARGV[4])
 if status == 'archived' and may_move('restore', status, 'waking') then
   redis.call('HSET', KEYS[1], 'paused', '0', 'observed_status', '', 'observed_reason', '')
+  start_wake(KEYS[1], tonumber(ARGV[4]) * 1000, 'restore')
   write_status(KEYS[1], KEYS[2], KEYS[5], KEYS[7], ARGV[1], status, 'waking', '',
     tonumber(ARGV[4]) * 1000, true)
   redis.call('ZREM', KEYS[4], ARGV[1])

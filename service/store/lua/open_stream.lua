@@ -4,7 +4,9 @@
 -- KEYS: record, streams
 -- ARGV: token, now_ms, lapses_at_ms, limit
 -- Returns 1 (opened), 0 (the session has `limit` open streams), -1 (no such session).
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'pooled') == '1' then
+  return -1  -- no session, or a warm pool's (no user's yet)
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
 if redis.call('ZSCORE', KEYS[2], ARGV[1]) == false
     and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then

@@ -25,6 +25,8 @@ if status == 'archived' then
 end
 local paused = redis.call('HGET', KEYS[1], 'paused') == '1'
 redis.call('HSET', KEYS[1], 'paused', '0')
+-- A session not up yet starts a wake: its phases are measured from now (lib/wake.lua).
+if status ~= 'running' then start_wake(KEYS[1], ARGV[2], 'wake') end
 local observed = paused and redis.call('HGET', KEYS[1], 'observed_status') or nil
 if (observed == 'running' or observed == 'failed' or observed == 'waking')
     and observed ~= status and may_move('watch', status, observed) then

@@ -3,7 +3,8 @@
 -- event log in one step.
 -- KEYS: record, status_index_prefix (e.g. "sm:st:"), pending_index, queue, inflight, events,
 --       failing_index
--- ARGV: id, new_status, reason ('' clears), now_ms, actor, then extra field/value pairs
+-- ARGV: id, new_status, reason ('' clears), now_ms, actor, wake phases the cluster shows
+--       reached (comma-separated, lib/wake.lua; the watch's), then extra field/value pairs
 -- Returns {status before, 1 if written else 0}, or false when the record is gone.
 local old = redis.call('HGET', KEYS[1], 'status')
 if not old then return false end
@@ -21,8 +22,11 @@ if actor == 'watch' then
   end
 end
 if not may_move(actor, old, new) then return {old, 0} end
-write_status(KEYS[1], KEYS[2], KEYS[6], KEYS[7], ARGV[1], old, new, reason, ARGV[4], false,
-  {unpack(ARGV, 6)})
+local reached = {}
+for phase in string.gmatch(ARGV[6], '[^,]+') do reached[phase] = true end
+local progressed = note_wake(KEYS[1], reached, ARGV[4])
+write_status(KEYS[1], KEYS[2], KEYS[6], KEYS[7], ARGV[1], old, new, reason, ARGV[4],
+  progressed, {unpack(ARGV, 7)})
 -- A pod just became ready: its waiting messages are due now (nothing polled them before).
 if new == 'running' and old ~= 'running'
     and redis.call('LLEN', KEYS[4]) + redis.call('LLEN', KEYS[5]) > 0 then
