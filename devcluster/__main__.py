@@ -3,7 +3,7 @@
     run     the service + worker on the full local stack (`make run`), or API-only mode
     up      bring the cluster up and keep it up until Ctrl-C (prints its kubeconfig)
     down    tear down a stack left behind (processes, mounts, links, rules, cgroups, sysctls)
-    e2e     k8s-manifests deployed on the local cluster (with its addons), then pytest e2e/
+    e2e     the chart installed on kind (or the local cluster), then pytest e2e/ (make e2e)
     check   say whether this machine can run the full stack, and what is missing
 """
 
@@ -24,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="CoreDNS, storage and KEDA in-cluster (what k8s-manifests needs)")
     commands.add_parser("down", help="tear down what a stack left behind")
     commands.add_parser("check", help="can this machine run the full stack?")
-    e2e = commands.add_parser("e2e", help="deploy k8s-manifests on the local cluster, run e2e/")
-    e2e.add_argument("pytest_args", nargs="*")
+    e2e = commands.add_parser("e2e", help="install the chart on kind or the local cluster, "
+                                          "run e2e/ (further arguments go to pytest)")
+    e2e.add_argument("pytest_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
 
     if args.command == "run":
