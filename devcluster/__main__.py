@@ -2,7 +2,8 @@
 
     run     the service + worker on the full local stack (`make run`), or API-only mode
     up      bring the cluster up and keep it up until Ctrl-C (prints its kubeconfig)
-    down    tear down a stack left behind (processes, mounts, links, rules, cgroups, sysctls)
+    down    tear down a stack or a kind run left behind (processes, mounts, links, rules,
+            cgroups, routes, sysctls)
     e2e     the chart installed on kind (or the local cluster), then pytest e2e/ (make e2e)
     check   say whether this machine can run the full stack, and what is missing
 """
@@ -46,9 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not missing else 1
     if args.command == "down":
         from .cluster import down
+        from .kind import down as kind_down
 
         down()
-        print("local stack torn down")
+        kind_down()
+        print("local stack and kind leftovers torn down")
         return 0
     from .cluster import LocalCluster
 

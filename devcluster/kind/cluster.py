@@ -26,7 +26,7 @@ from .. import paths
 from ..images import DockerClient
 from ..network import GuardCounts
 from ..paths import LocalServiceError
-from ..processes import NO_CLOUD_ENV, Spawner
+from ..processes import NO_CLOUD_ENV, Spawner, kill_pids, pid_alive
 from . import engine, nodeimage
 from .guard import KindGuard
 from .host import HostChanges
@@ -238,3 +238,13 @@ class KindCluster:
             self._kind("export", "logs", str(target / "kind"), "--name", self.name, check=False)
         if (self.run_dir / "logs").is_dir():
             shutil.copytree(self.run_dir / "logs", target / "stack", dirs_exist_ok=True)
+
+
+def down() -> None:
+    """Tear down what a kind run left behind (`python -m devcluster down`): its owner is asked
+    to stop first (it deletes its cluster on SIGTERM), then the host is put back."""
+    host = HostChanges()
+    owner = host.state.read().get("owner")
+    if owner and owner != os.getpid() and pid_alive(owner):
+        kill_pids([owner], timeout=90)
+    host.restore(KindGuard(bridge=BRIDGE, subnet=SUBNET, own_engine=True), BRIDGE)

@@ -14,6 +14,7 @@ also after a crash (the next run, or `python -m devcluster down`, reads the stat
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from pathlib import Path
 
@@ -32,7 +33,8 @@ class HostChanges:
 
     def save(self) -> None:
         """Record the host as it is, before anything changes it."""
-        self.state.update(sysctls=network.read_sysctls(), routes=[], lib_modules=False)
+        self.state.update(sysctls=network.read_sysctls(), routes=[], lib_modules=False,
+                          owner=os.getpid())
         if not LIB_MODULES.exists():
             LIB_MODULES.mkdir()
             self.state.update(lib_modules=True)
@@ -54,6 +56,7 @@ class HostChanges:
         for cidr in state.get("routes", []):
             run(["ip", "route", "del", cidr], check=False)
         kill_pids(guard.member_pids(), timeout=20)  # our engine's leftovers, if it crashed
+        kill_pids(_container_pids(), timeout=20)  # and its containers' (they have own cgroups)
         cleanup.unmount_under(RUN_DIR, DATA_ROOT)
         shutil.rmtree(RUN_DIR, ignore_errors=True)
         if Path("/sys/class/net", bridge).exists():
@@ -65,3 +68,19 @@ class HostChanges:
             with contextlib.suppress(OSError):
                 LIB_MODULES.rmdir()
         self.state.remove()
+
+
+def _container_pids() -> list[int]:
+    """Processes still running in the cgroups of containers of our engine (its data root names
+    their ids): a kind node outlives its engine's crash, and runc gives each container cgroups
+    of its own, outside the guard's."""
+    containers = DATA_ROOT / "data" / "containers"
+    if not containers.is_dir():
+        return []
+    pids: set[int] = set()
+    for container in containers.iterdir():
+        top = network.CGROUP2_ROOT / "docker" / container.name
+        for procs in top.rglob("cgroup.procs") if top.is_dir() else ():
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(pid) for pid in procs.read_text().split())
+    return sorted(pids)
