@@ -27,7 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("check", help="can this machine run the full stack?")
     e2e = commands.add_parser("e2e", help="install the chart on kind or the local cluster, "
                                           "run e2e/ (further arguments go to pytest)")
-    e2e.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    e2e.add_argument("pytest_args", nargs="*", help="e.g. -k isolation -x")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["e2e"] and argv[1:2] not in (["-h"], ["--help"]):
+        # Everything after `e2e` is pytest's, options included (argparse would claim them).
+        from .e2e import run_e2e
+
+        return run_e2e(argv[1:])
     args = parser.parse_args(argv)
 
     if args.command == "run":
