@@ -58,7 +58,9 @@ manifests: venv
 docs: venv
 	$(PYTHON) scripts/docs.py && $(VENV)/bin/mkdocs build --strict --site-dir $(DOCS_SITE)
 
-# On kind where Docker and kind exist, else on the local cluster (devcluster e2e).
+# The chart installed (helm install) and upgraded on kind wherever Docker can run (an engine of
+# our own as root, with a node image built by scripts/build-kind.sh when kindest/node cannot be
+# pulled), else on the local cluster; the suite in e2e/ against it (docs/development.md#e2e).
 e2e: venv binaries
 	bash e2e/run.sh
 

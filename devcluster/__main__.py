@@ -2,8 +2,9 @@
 
     run     the service + worker on the full local stack (`make run`), or API-only mode
     up      bring the cluster up and keep it up until Ctrl-C (prints its kubeconfig)
-    down    tear down a stack left behind (processes, mounts, links, rules, cgroups, sysctls)
-    e2e     k8s-manifests deployed on the local cluster (with its addons), then pytest e2e/
+    down    tear down a stack or a kind run left behind (processes, mounts, links, rules,
+            cgroups, routes, sysctls)
+    e2e     the chart installed on kind (or the local cluster), then pytest e2e/ (make e2e)
     check   say whether this machine can run the full stack, and what is missing
 """
 
@@ -24,8 +25,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="CoreDNS, storage and KEDA in-cluster (what k8s-manifests needs)")
     commands.add_parser("down", help="tear down what a stack left behind")
     commands.add_parser("check", help="can this machine run the full stack?")
-    e2e = commands.add_parser("e2e", help="deploy k8s-manifests on the local cluster, run e2e/")
-    e2e.add_argument("pytest_args", nargs="*")
+    e2e = commands.add_parser("e2e", help="install the chart on kind or the local cluster, "
+                                          "run e2e/ (further arguments go to pytest)")
+    e2e.add_argument("pytest_args", nargs="*", help="e.g. -k isolation -x")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["e2e"] and argv[1:2] not in (["-h"], ["--help"]):
+        # Everything after `e2e` is pytest's, options included (argparse would claim them).
+        from .e2e import run_e2e
+
+        return run_e2e(argv[1:])
     args = parser.parse_args(argv)
 
     if args.command == "run":
@@ -45,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not missing else 1
     if args.command == "down":
         from .cluster import down
+        from .kind import down as kind_down
 
         down()
-        print("local stack torn down")
+        kind_down()
+        print("local stack and kind leftovers torn down")
         return 0
     from .cluster import LocalCluster
 

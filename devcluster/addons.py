@@ -104,7 +104,7 @@ def _dns_objects() -> list[dict]:
     ]
 
 
-def _keda_objects() -> list[dict]:
+def keda_objects() -> list[dict]:
     """KEDA's config/default as kustomize renders it, pointed at the images built here."""
     config = _keda_module_dir() / "config" / "default"
     rendered = subprocess.run([paths.binary("kubectl"), "kustomize", str(config)],
@@ -149,12 +149,12 @@ def install(cluster) -> None:
     """DNS and KEDA on a running LocalCluster (kubelet started with clusterDNS)."""
     import_images(cluster.node)
     cluster.apply(_dns_objects())
-    keda_objects = _keda_objects()
-    crds = [o for o in keda_objects if o["kind"] == "CustomResourceDefinition"]
+    objects = keda_objects()
+    crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
     cluster.apply(crds)
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                     *[f"crd/{o['metadata']['name']}" for o in crds])
-    cluster.apply([o for o in keda_objects if o["kind"] != "CustomResourceDefinition"])
+    cluster.apply([o for o in objects if o["kind"] != "CustomResourceDefinition"])
     cluster.kubectl("-n", "kube-system", "rollout", "status", "deployment/coredns",
                     "--timeout=120s")
     for deployment in ("keda-operator", "keda-metrics-apiserver", "keda-admission"):

@@ -15,7 +15,7 @@ Each image is rebuilt only when the files it is built from change (a content has
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 import re
 import shutil
 import subprocess
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import node as node_module
 from . import paths
+from .archive import layer_archive
 from .paths import IMAGES_DIR, LocalServiceError
 from .processes import Daemon, Spawner, run, wait_until
 from .wheels import serve_directory, wheelhouse
@@ -152,28 +153,33 @@ def rootfs_archive(ref: str, name: str, packages: tuple[str, ...], *, user: str)
     return archive
 
 
-def layer_archive(archive: Path, ref: str, layer_tar: Path, image_config: dict) -> None:
-    """Write a docker-archive (manifest, config, one layer) that `ctr images import` takes."""
-    work = IMAGES_DIR / f"{archive.name}-build"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    layer = work / "layer.tar"
-    shutil.copyfile(layer_tar, layer)
-    layer_digest = hashlib.sha256(layer.read_bytes()).hexdigest()
-    config = {
-        "architecture": "amd64", "os": "linux", "config": image_config,
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
-    }
-    config_bytes = json.dumps(config).encode()
-    config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
-    (work / config_name).write_bytes(config_bytes)
-    manifest = [{"Config": config_name, "RepoTags": [ref], "Layers": ["layer.tar"]}]
-    (work / "manifest.json").write_text(json.dumps(manifest))
-    with tarfile.open(str(archive) + ".tmp", "w") as out:
-        for name in ("manifest.json", config_name, "layer.tar"):
-            out.add(work / name, arcname=name)
-    Path(str(archive) + ".tmp").rename(archive)
-    shutil.rmtree(work, ignore_errors=True)
+class DockerClient:
+    """The docker CLI against one engine: `host` (unix:///...) or, with None, the one the
+    environment names (DOCKER_HOST, else the default socket)."""
+
+    def __init__(self, host: str | None, home: Path) -> None:
+        self.host = host
+        self.home = home
+        # Debian's client matches Debian's daemon; a newer client on PATH negotiates down.
+        self.binary = "/usr/bin/docker" if Path("/usr/bin/docker").is_file() else \
+            paths.system_binary("docker", "docker.io")
+
+    def docker(self, *args: str, check: bool = True, env: dict[str, str] | None = None):
+        host = ["-H", self.host] if self.host else []
+        return run([self.binary, *host, *args], check=check, env=env)
+
+    def build(self, *args: str) -> None:
+        """The legacy builder (no BuildKit in Debian's docker.io), failing with its output."""
+        env = {"DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin", "HOME": str(self.home)}
+        if not self.host and os.environ.get("DOCKER_HOST"):
+            env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
+        result = self.docker("build", *args, check=False, env=env)
+        if result.returncode != 0:
+            raise LocalServiceError(f"docker build {' '.join(args[:5])}… failed:\n"
+                                    f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
+
+    def has(self, ref: str) -> bool:
+        return self.docker("image", "inspect", ref, check=False).returncode == 0
 
 
 class Docker:
@@ -185,9 +191,7 @@ class Docker:
         self.spawner = spawner
         self.containerd_socket = containerd_socket
         self.daemon: Daemon | None = None
-        # Debian's client matches Debian's daemon; a newer client on PATH negotiates down.
-        self.client = "/usr/bin/docker" if Path("/usr/bin/docker").is_file() else \
-            paths.system_binary("docker", "docker.io")
+        self.client = DockerClient(f"unix://{self.socket}", run_dir)
 
     def start(self) -> None:
         exec_root = self.run_dir / "docker-exec"
@@ -200,22 +204,8 @@ class Docker:
             "--bridge=none", "--userland-proxy=false", "--experimental=false",
             "--log-level=warn",
         ], stop_timeout_seconds=20)
-        wait_until(lambda: self.docker("info", check=False).returncode == 0, timeout=60,
-                   interval=0.1, what="dockerd", daemon=self.daemon)
-
-    def docker(self, *args: str, check: bool = True, env: dict[str, str] | None = None):
-        return run([self.client, "-H", f"unix://{self.socket}", *args], check=check, env=env)
-
-    def build(self, *args: str) -> None:
-        """The legacy builder (no BuildKit in Debian's docker.io), failing with its output."""
-        result = self.docker("build", *args, check=False, env={
-            "DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin", "HOME": str(self.run_dir)})
-        if result.returncode != 0:
-            raise LocalServiceError(f"docker build {' '.join(args[:5])}… failed:\n"
-                                    f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
-
-    def has(self, ref: str) -> bool:
-        return self.docker("image", "inspect", ref, check=False).returncode == 0
+        wait_until(lambda: self.client.docker("info", check=False).returncode == 0,
+                   timeout=60, interval=0.1, what="dockerd", daemon=self.daemon)
 
     def stop(self) -> None:
         if self.daemon is not None:
@@ -244,16 +234,10 @@ def ensure_images(node: node_module.Node, run_dir: Path, spawner: Spawner) -> No
     docker = Docker(run_dir, spawner, node.containerd_socket)
     docker.start()
     try:
-        for base, packages in ((BASE_IMAGE, ("python3",)),
-                               (BASE_PIP_IMAGE, ("python3", "python3-pip"))):
-            if any(spec.base == base for spec in stale) and not docker.has(base):
-                tar = base_rootfs_tar(base.split("/")[1].split(":")[0], packages)
-                log(f"docker import {base}")
-                docker.docker("import", str(tar), base)
+        build_images(docker.client, stale)
         for spec in stale:
-            _build(docker, spec)
             archive = IMAGES_DIR / "export.tar"
-            docker.docker("save", "-o", str(archive), spec.ref)
+            docker.client.docker("save", "-o", str(archive), spec.ref)
             log(f"importing {spec.ref} into containerd")
             node.import_image(archive)
             archive.unlink()
@@ -263,7 +247,20 @@ def ensure_images(node: node_module.Node, run_dir: Path, spawner: Spawner) -> No
         docker.stop()
 
 
-def _build(docker: Docker, spec: ImageSpec) -> None:
+def build_images(client: DockerClient, specs: list[ImageSpec]) -> None:
+    """Build `specs` on the engine `client` talks to, offline: the bases from debootstrap
+    (imported once), the service's wheels served on loopback."""
+    for base, packages in ((BASE_IMAGE, ("python3",)),
+                           (BASE_PIP_IMAGE, ("python3", "python3-pip"))):
+        if any(spec.base == base for spec in specs) and not client.has(base):
+            tar = base_rootfs_tar(base.split("/")[1].split(":")[0], packages)
+            log(f"docker import {base}")
+            client.docker("import", str(tar), base)
+    for spec in specs:
+        _build(client, spec)
+
+
+def _build(docker: DockerClient, spec: ImageSpec) -> None:
     args = ["--quiet", "-f", str(spec.dockerfile), "-t", spec.ref,
             "--build-arg", f"BASE_IMAGE={spec.base}"]
     log(f"docker build {spec.ref} from {spec.dockerfile.relative_to(paths.REPO_ROOT)}")

@@ -1,12 +1,17 @@
-"""e2e fixtures: the deployed service (over HTTP) and the cluster it runs in (over kubectl).
+"""e2e fixtures: the deployed service (over HTTP), the cluster it runs in (over kubectl) and
+its Helm release (over helm).
 
-e2e/run.sh sets the environment after deploying to a kind cluster:
+`make e2e` (devcluster/e2e.py) sets the environment after `helm install` on kind or the local
+cluster:
   E2E_BASE_URL, E2E_API_KEY          where the API answers and a key it accepts
   E2E_NAMESPACE                      the sessions namespace (default "sessions")
-  E2E_CONTROL_NAMESPACE              the control plane's namespace (default "session-manager")
+  E2E_CONTROL_NAMESPACE              the release's namespace (default "session-manager")
+  E2E_RELEASE                        the Helm release (default "session-manager")
   E2E_IDLE_TIMEOUT, E2E_KEDA_COOLDOWN_PERIOD, E2E_KEDA_POLLING_INTERVAL
                                      the timings the service was deployed with (seconds)
-Without E2E_BASE_URL every test here is skipped with one reason. kubectl uses KUBECONFIG.
+  E2E_NETWORKPOLICY_ENFORCED         "0" where the cluster's CNI ignores NetworkPolicies
+Without E2E_BASE_URL every test here is skipped with one reason. kubectl and helm use
+KUBECONFIG and come first on PATH.
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ from typing import Any
 import pytest
 import requests
 
+from devcluster.processes import wait_until
+
 SKIP_REASON = (
-    "e2e: E2E_BASE_URL is not set; run `bash e2e/run.sh` (needs Docker and kind), which deploys "
-    "to a kind cluster and sets it"
+    "e2e: E2E_BASE_URL is not set; run `make e2e`, which installs the chart on kind (or the "
+    "local cluster) and sets it"
 )
 # Per test: the lifecycle steps wait for KEDA and pod starts, beyond the unit-test timeout.
 TEST_TIMEOUT_SECONDS = 600
 HERE = Path(__file__).resolve().parent
+CHART = HERE.parent / "charts" / "session-manager"
 LATENCIES = pytest.StashKey[list[tuple[str, float]]]()
 
 
@@ -38,6 +46,7 @@ class Deployment:
     api_key: str
     namespace: str
     control_namespace: str
+    release: str
     idle_timeout_seconds: int
     keda_cooldown_period_seconds: int
     keda_polling_interval_seconds: int
@@ -92,12 +101,13 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 def deployment() -> Deployment:
     api_key = os.environ.get("E2E_API_KEY", "")
     if not api_key:
-        pytest.fail("E2E_API_KEY is not set (e2e/run.sh sets it with E2E_BASE_URL)")
+        pytest.fail("E2E_API_KEY is not set (make e2e sets it with E2E_BASE_URL)")
     return Deployment(
         base_url=os.environ["E2E_BASE_URL"].rstrip("/"),
         api_key=api_key,
         namespace=os.environ.get("E2E_NAMESPACE", "sessions"),
         control_namespace=os.environ.get("E2E_CONTROL_NAMESPACE", "session-manager"),
+        release=os.environ.get("E2E_RELEASE", "session-manager"),
         idle_timeout_seconds=int(os.environ.get("E2E_IDLE_TIMEOUT", "40")),
         keda_cooldown_period_seconds=int(os.environ.get("E2E_KEDA_COOLDOWN_PERIOD", "10")),
         keda_polling_interval_seconds=int(os.environ.get("E2E_KEDA_POLLING_INTERVAL", "2")),
@@ -137,6 +147,9 @@ class Kubectl:
 
     # What the control plane labels a session's objects with.
     SESSION_SELECTOR = "app.kubernetes.io/managed-by=session-manager,session-manager/session={}"
+    # The chart's API and worker pods.
+    API_SELECTOR = "app.kubernetes.io/name=session-manager,app.kubernetes.io/component=api"
+    WORKER_SELECTOR = "app.kubernetes.io/name=session-manager,app.kubernetes.io/component=worker"
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
@@ -159,6 +172,60 @@ class Kubectl:
         """The session's objects of `resource` that the control plane made."""
         return self.items(resource, self.SESSION_SELECTOR.format(session_id))
 
+    def ready_pod(self, session_id: str) -> dict[str, Any] | None:
+        """The session's pod that is Ready and not terminating, if there is one."""
+        for pod in self.session_items("pods", session_id):
+            if not pod["metadata"].get("deletionTimestamp") and any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in pod["status"].get("conditions") or []):
+                return pod
+        return None
+
+
+class Release:
+    """The Helm release, changed the way an operator changes it."""
+
+    def __init__(self, deployment: Deployment, kubectl: Kubectl) -> None:
+        self.deployment = deployment
+        self.kubectl = kubectl
+
+    def upgrade(self, **config: str) -> None:
+        """`helm upgrade --reuse-values` with changed settings (the chart's `config`), then
+        the API's and the worker's rollouts to their end."""
+        sets = [f"--set=config.{name}={value}" for name, value in config.items()]
+        namespace = self.deployment.control_namespace
+        result = subprocess.run(["helm", "upgrade", self.deployment.release, str(CHART),
+                                 "--namespace", namespace, "--reuse-values", *sets],
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, f"helm upgrade failed: {result.stderr}"
+        for name in (self.deployment.release, f"{self.deployment.release}-worker"):
+            self.kubectl.run("rollout", "status", f"deployment/{name}", "--timeout=300s",
+                             namespace=namespace, timeout=320)
+        # The roll is over when the old pods are gone, not only replaced (they drain first).
+        wait_until(lambda: not any(
+            pod["metadata"].get("deletionTimestamp")
+            for selector in (Kubectl.API_SELECTOR, Kubectl.WORKER_SELECTOR)
+            for pod in self.kubectl.items("pods", selector, namespace=namespace)),
+            timeout=120, interval=1.0, what="the old API and worker pods gone")
+
+    def setting_in_pods(self, selector: str, name: str) -> dict[str, str]:
+        """What each live pod of `selector` has in its environment for `name`."""
+        namespace = self.deployment.control_namespace
+        found = {}
+        for pod in self.kubectl.items("pods", selector, namespace=namespace):
+            if pod["metadata"].get("deletionTimestamp"):
+                continue
+            result = self.kubectl.run(
+                "exec", pod["metadata"]["name"], "--", "python3", "-c",
+                f"import os; print(os.environ.get({name!r}, ''))", namespace=namespace)
+            found[pod["metadata"]["name"]] = result.stdout.strip()
+        return found
+
+
+@pytest.fixture(scope="session")
+def release(deployment: Deployment, kubectl: Kubectl) -> Release:
+    return Release(deployment, kubectl)
+
 
 @pytest.fixture(scope="session")
 def api(deployment: Deployment) -> Iterator[Api]:
@@ -170,6 +237,25 @@ def api(deployment: Deployment) -> Iterator[Api]:
 @pytest.fixture(scope="session")
 def kubectl(deployment: Deployment) -> Kubectl:
     return Kubectl(deployment.namespace)
+
+
+@pytest.fixture
+def running_session(api: Api, kubectl: Kubectl) -> Iterator[Any]:
+    """running_session(user): a new session whose pod is Ready; deleted after the test."""
+    made: list[str] = []
+
+    def make(user: str) -> str:
+        response = api.post("/session/create", json={"user_id": user})
+        assert response.status_code == 201, response.text
+        session_id = response.json()["uuid"]
+        made.append(session_id)
+        wait_until(lambda: kubectl.ready_pod(session_id), timeout=120, interval=1.0,
+                   what=f"session {session_id}'s pod Ready")
+        return session_id
+
+    yield make
+    for session_id in made:
+        api.delete(f"/session/{session_id}")
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
-"""The deployment holds under operations: both API replicas serve, rolling restarts of the API
-and of the worker lose nothing, Redis comes back from its volume, RBAC is enough, pods pass
-the `restricted` Pod Security Standard.
+"""The deployment holds under operations: both API replicas serve, a `helm upgrade` with a
+changed setting rolls the API and the worker and loses nothing (no 5xx, every message
+delivered), Redis comes back from its volume, RBAC is enough, pods pass the `restricted` Pod
+Security Standard.
 
 Runs before test_e2e.py (file order), whose last tests exhaust a rate limit. Chats are paced
 under the per-IP chat limit (100/min): every request here comes from one client address.
@@ -19,29 +20,9 @@ import requests
 
 from devcluster.processes import wait_until
 
-API = "app.kubernetes.io/name=session-manager,app.kubernetes.io/component=api"
-WORKER = "app.kubernetes.io/name=session-manager,app.kubernetes.io/component=worker"
 REDIS = "app.kubernetes.io/name=redis"
 CHAT_PACE_SECONDS = 0.8  # 75 chats a minute at most
 POLL_SECONDS = 1.0  # each poll runs kubectl or calls the deployed API
-
-
-def create_running_session(api: Any, kubectl: Any, user: str) -> str:
-    response = api.post("/session/create", json={"user_id": user})
-    assert response.status_code == 201, response.text
-    session_id = response.json()["uuid"]
-    wait_until(lambda: running_pod(kubectl, session_id), timeout=120,
-               what="the session's pod Ready", interval=POLL_SECONDS)
-    return session_id
-
-
-def running_pod(kubectl: Any, session_id: str) -> dict | None:
-    for pod in kubectl.session_items("pods", session_id):
-        if not pod["metadata"].get("deletionTimestamp") and any(
-                c["type"] == "Ready" and c["status"] == "True"
-                for c in pod["status"].get("conditions") or []):
-            return pod
-    return None
 
 
 def messages(api: Any, session_id: str) -> dict[str, dict]:
@@ -51,10 +32,34 @@ def messages(api: Any, session_id: str) -> dict[str, dict]:
 
 
 def agent_deliveries(kubectl: Any, session_id: str) -> list[str]:
-    pod = running_pod(kubectl, session_id)
+    """The agent's own log of what it was sent, asked inside its pod: the sessions'
+    NetworkPolicy admits only the control plane to it."""
+    pod = kubectl.ready_pod(session_id)
     assert pod, "no ready pod to ask for its deliveries"
-    response = requests.get(f"http://{pod['status']['podIP']}:1111/deliveries", timeout=10)
-    return [d["message_id"] for d in response.json()["deliveries"]]
+    result = kubectl.run("exec", pod["metadata"]["name"], "--", "python3", "-c",
+                         "import urllib.request; print(urllib.request.urlopen("
+                         "'http://127.0.0.1:1111/deliveries', timeout=10).read().decode())")
+    return [d["message_id"] for d in json.loads(result.stdout)["deliveries"]]
+
+
+def live_pods(kubectl: Any, namespace: str, selector: str) -> set[str]:
+    return {pod["metadata"]["name"] for pod in kubectl.items("pods", selector, namespace=namespace)
+            if not pod["metadata"].get("deletionTimestamp")}
+
+
+def control_pods(kubectl: Any, namespace: str) -> dict[str, set[str]]:
+    """The live API and worker pods, by selector."""
+    return {selector: live_pods(kubectl, namespace, selector)
+            for selector in (kubectl.API_SELECTOR, kubectl.WORKER_SELECTOR)}
+
+
+def assert_upgraded(release: Any, kubectl: Any, namespace: str, before: dict[str, set[str]],
+                    setting: str, value: str) -> None:
+    """Every API and worker pod is new, and each has the changed setting."""
+    for selector, old in before.items():
+        now = live_pods(kubectl, namespace, selector)
+        assert now and not now & old, f"{selector}: pods {sorted(now & old)} were not replaced"
+        assert set(release.setting_in_pods(selector, setting).values()) == {value}, selector
 
 
 class ChatLoad:
@@ -88,7 +93,7 @@ class ChatLoad:
 
 def api_pod_urls(kubectl: Any, namespace: str) -> list[str]:
     return [f"http://{pod['status']['podIP']}:8080"
-            for pod in kubectl.items("pods", API, namespace=namespace)
+            for pod in kubectl.items("pods", kubectl.API_SELECTOR, namespace=namespace)
             if not pod["metadata"].get("deletionTimestamp") and pod["status"].get("podIP")]
 
 
@@ -113,21 +118,24 @@ def test_both_api_replicas_serve(api: Any, kubectl: Any, deployment: Any) -> Non
     assert {url.split("//")[1].split(":")[0] for url in urls} == ready
 
 
-def test_rolling_restart_of_the_api_under_chat_load_loses_nothing(
-        api: Any, kubectl: Any, deployment: Any) -> None:
-    session_id = create_running_session(api, kubectl, "e2e-api-restart")
+def test_helm_upgrade_under_chat_load_rolls_both_and_loses_nothing(
+        api: Any, kubectl: Any, deployment: Any, release: Any, running_session: Any) -> None:
+    """An operator changes a setting with `helm upgrade` while a client chats: the API and
+    the worker roll onto it, no chat gets a 5xx or an error, every accepted chat is
+    delivered, and the API key generated at install still works (kept across upgrades)."""
+    control = deployment.control_namespace
+    session_id = running_session("e2e-upgrade-load")
+    before = control_pods(kubectl, control)
     try:
         with ChatLoad(api, session_id) as load:
             time.sleep(3)
-            kubectl.run("rollout", "restart", "deployment/session-manager",
-                        namespace=deployment.control_namespace)
-            kubectl.run("rollout", "status", "deployment/session-manager", "--timeout=240s",
-                        namespace=deployment.control_namespace, timeout=260)
+            release.upgrade(LOG_LEVEL="INFO")
             time.sleep(3)
+        assert_upgraded(release, kubectl, control, before, "LOG_LEVEL", "INFO")
         statuses = [status for _, status in load.answers]
         assert len(statuses) >= 10, statuses
         bad = [s for s in statuses if not isinstance(s, int) or s >= 500]
-        assert bad == [], f"{len(bad)} of {len(statuses)} chats failed during the restart: {bad}"
+        assert bad == [], f"{len(bad)} of {len(statuses)} chats failed during the upgrade: {bad}"
         accepted = [mid for mid, status in load.answers if status in (200, 202)]
         assert len(accepted) == len(statuses), statuses  # nothing else (no 4xx) either
         stored = wait_until(
@@ -139,9 +147,13 @@ def test_rolling_restart_of_the_api_under_chat_load_loses_nothing(
         api.delete(f"/session/{session_id}")
 
 
-def test_rolling_restart_of_the_worker_delivers_each_message_once(
-        api: Any, kubectl: Any, deployment: Any) -> None:
-    session_id = create_running_session(api, kubectl, "e2e-worker-restart")
+def test_helm_upgrade_with_queued_messages_delivers_each_once(
+        api: Any, kubectl: Any, deployment: Any, release: Any, running_session: Any) -> None:
+    """Messages queued for a sleeping session, a `helm upgrade` while the worker delivers
+    them: every one is delivered after the roll with its own reply (a redelivery is answered
+    from the agent's dedupe, never processed twice)."""
+    control = deployment.control_namespace
+    session_id = running_session("e2e-upgrade-queue")
     try:
         assert api.post(f"/session/{session_id}/sleep").status_code == 200
         # Gone, not only terminating: the agent keeps its log per pod, and this test reads
@@ -159,31 +171,30 @@ def test_rolling_restart_of_the_worker_delivers_each_message_once(
         wait_until(lambda: any(m.get("state") == "delivered"
                                for m in messages(api, session_id).values()),
                    timeout=120, what="the first queued message delivered", interval=POLL_SECONDS)
-        kubectl.run("rollout", "restart", "deployment/session-manager-worker",
-                    namespace=deployment.control_namespace)
-        kubectl.run("rollout", "status", "deployment/session-manager-worker", "--timeout=240s",
-                    namespace=deployment.control_namespace, timeout=260)
+        before = control_pods(kubectl, control)
+        release.upgrade(EVENTS_HEARTBEAT_SECONDS="15")
+        assert_upgraded(release, kubectl, control, before, "EVENTS_HEARTBEAT_SECONDS", "15")
         stored = wait_until(
             lambda: (m := messages(api, session_id)) and all(
                 m.get(mid, {}).get("state") == "delivered" for mid in ids) and m,
             timeout=180, interval=POLL_SECONDS,
-            what="every queued message delivered after the worker restart")
+            what="every queued message delivered after the upgrade")
         for message_id in ids:
             assert stored[message_id]["reply"]["reply"] == f"echo: slow:2 {message_id}"
         # The pod saw each message; a redelivery after a worker died mid-way is answered from
         # the agent's dedupe (same message_id), never processed twice into two replies.
         seen = agent_deliveries(kubectl, session_id)
         assert all(seen.count(message_id) >= 1 for message_id in ids), seen
-        print(f"worker restart: {sum(seen.count(m) for m in ids) - len(ids)} redeliveries")
+        print(f"upgrade: {sum(seen.count(m) for m in ids) - len(ids)} redeliveries")
     finally:
         api.delete(f"/session/{session_id}")
 
 
 def test_redis_pod_deleted_mid_traffic_comes_back_with_everything(
-        api: Any, kubectl: Any, deployment: Any) -> None:
+        api: Any, kubectl: Any, deployment: Any, running_session: Any) -> None:
     control = deployment.control_namespace
-    session_id = create_running_session(api, kubectl, "e2e-redis-delete")
-    api_restarts_before = restart_counts(kubectl, control, API)
+    session_id = running_session("e2e-redis-delete")
+    api_restarts_before = restart_counts(kubectl, control, kubectl.API_SELECTOR)
     try:
         # One slow chat holds the session's delivery lease; the next ones queue behind it.
         slow = {}
@@ -242,7 +253,7 @@ def test_redis_pod_deleted_mid_traffic_comes_back_with_everything(
                                "delivered" for mid in ["r-first", *queued]),
                    timeout=180, interval=POLL_SECONDS,
                    what="the held and the queued messages delivered")
-        assert restart_counts(kubectl, control, API) == api_restarts_before, \
+        assert restart_counts(kubectl, control, kubectl.API_SELECTOR) == api_restarts_before, \
             "the API recovered by restarting"
     finally:
         api.delete(f"/session/{session_id}")
@@ -258,7 +269,8 @@ def health_status(api: Any) -> int | None:
 def restart_counts(kubectl: Any, namespace: str, labels: str) -> dict[str, int]:
     return {pod["metadata"]["name"]: sum(c.get("restartCount", 0)
                                          for c in pod["status"].get("containerStatuses") or [])
-            for pod in kubectl.items("pods", labels, namespace=namespace)}
+            for pod in kubectl.items("pods", labels, namespace=namespace)
+            if not pod["metadata"].get("deletionTimestamp")}
 
 
 @pytest.mark.parametrize("namespace_key", ["control_namespace", "namespace"])

@@ -22,8 +22,9 @@
 # Each part is skipped when its outputs are cached. Prints progress on stderr and the bin
 # directory on the last line of stdout.
 #
-#   scripts/build-cluster-binaries.sh [kube|etcd|keda-crds|cert-manager-crds|keda|pause|lint|helm|coredns|local-path|all]   # default all
-#   (all = what make test needs; coredns only for make e2e)
+#   scripts/build-cluster-binaries.sh [kube|kubeadm|etcd|keda-crds|cert-manager-crds|keda|pause|lint|helm|coredns|local-path|all]   # default all
+#   (all = what make test needs; coredns only for make e2e; kubeadm only for kind's node image,
+#   scripts/build-kind.sh)
 #
 # Env: SESSION_MANAGER_CACHE (default ~/.cache/session-manager), KUBE_VERSION, ETCD_VERSION,
 # KEDA_VERSION, CERT_MANAGER_VERSION, HELM_VERSION.
@@ -263,6 +264,7 @@ build_helm() {
 
 case "$what" in
   kube) build_kube ;;
+  kubeadm) kube_binaries=(kubeadm); build_kube ;;
   etcd) build_etcd ;;
   keda-crds) extract_keda_crds ;;
   cert-manager-crds) extract_cert_manager_crds ;;
@@ -273,6 +275,6 @@ case "$what" in
   coredns) build_coredns ;;
   local-path) build_local_path ;;
   all) build_kube; build_etcd; build_keda; build_pause; build_lint; build_helm; build_local_path; extract_cert_manager_crds ;;
-  *) log "usage: $0 [kube|etcd|keda-crds|cert-manager-crds|keda|pause|lint|helm|coredns|local-path|all]"; exit 2 ;;
+  *) log "usage: $0 [kube|kubeadm|etcd|keda-crds|cert-manager-crds|keda|pause|lint|helm|coredns|local-path|all]"; exit 2 ;;
 esac
 echo "$bin_dir"
