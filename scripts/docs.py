@@ -43,6 +43,7 @@ def _settings() -> str:
 # (page, block name, what makes its text)
 BLOCKS: list[tuple[str, str, Callable[[], str]]] = [
     ("docs/architecture.md", "transitions", _transitions),
+    ("README.md", "transitions", _transitions),
     ("docs/configuration.md", "settings", _settings),
 ]
 
