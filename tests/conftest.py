@@ -25,6 +25,7 @@ from devcluster.processes import Daemon, Spawner
 from service import store as store_module
 from service.core.config import REPO_ROOT, Settings
 from service.kube import ClusterSetup, Kube, load_api_client
+from service.sessions import release_all
 from service.worker import Worker
 
 from . import service_processes, worker_threads
@@ -77,6 +78,9 @@ def scaler_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> local.RedisServer:
     server = local.RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
+    # The apps' notice listeners are daemon threads subscribed to this Redis: stop them first,
+    # or they log its disappearance after pytest has closed its output.
+    release_all()
     server.stop()
 
 
