@@ -10,7 +10,6 @@ first removes whatever a crashed stack left behind (cleanup.clean_host).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import platform
@@ -20,11 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from . import addons, cleanup, images, keda, network, node, paths, storage
+from . import addons, cleanup, images, keda, network, node, paths, stack, storage
 from .apiserver import KubeApiServer
 from .paths import LocalServiceError
 from .ports import free_port
 from .processes import NO_CLOUD_ENV, Spawner, WaitTimedOut, wait_until
+from .stack import StackLock
 
 
 def log(message: str) -> None:
@@ -71,7 +71,7 @@ class LocalCluster:
         self.apiserver: KubeApiServer | None = None
         self.node: node.Node | None = None
         self.keda: keda.Keda | None = None
-        self._lock_file = None
+        self.lock = StackLock()
         self.timings: dict[str, float] = {}
 
     @property
@@ -85,7 +85,9 @@ class LocalCluster:
         missing = missing_requirements()
         if missing:
             raise LocalServiceError("the full local stack cannot run here: " + "; ".join(missing))
-        self._lock()
+        owner = self.state.read().get("owner")  # named in the message if the lock is busy
+        self.lock.acquire(f"another local stack is running on this machine (pid {owner}); stop "
+                          "it first (Ctrl-C in its terminal, or `python -m devcluster down`)")
         started = time.monotonic()
         try:
             self._step("binaries (built once, then cached)", self._build)
@@ -137,7 +139,7 @@ class LocalCluster:
                 self.node.remove_pods()
             self.spawner.stop_all()
         cleanup.clean_host(self.run_dir, self.state, self.guard)
-        self._unlock()
+        self.lock.release()
         log(f"down in {time.monotonic() - began:.1f}s")
 
     def _step(self, what: str, fn) -> None:
@@ -154,25 +156,6 @@ class LocalCluster:
 
     def _clean(self) -> None:
         cleanup.clean_host(self.run_dir, self.state, self.guard)
-
-    def _lock(self) -> None:
-        paths.CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(paths.CACHE_DIR / "stack.lock", "a+")  # noqa: SIM115 - held
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = self.state.read().get("owner")
-            self._lock_file.close()
-            self._lock_file = None
-            raise LocalServiceError(
-                f"another local stack is running on this machine (pid {owner}); stop it "
-                "first (Ctrl-C in its terminal, or `python -m devcluster down`)") from None
-
-    def _unlock(self) -> None:
-        if self._lock_file is not None:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            self._lock_file.close()
-            self._lock_file = None
 
     # -- parts -----------------------------------------------------------------------------
 
@@ -249,18 +232,11 @@ class LocalCluster:
 
     def kubectl(self, *args: str, check: bool = True,
                 input_text: str | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [paths.binary("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
-            capture_output=True, text=True, input=input_text, check=False)
-        if check and result.returncode != 0:
-            raise LocalServiceError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
-        return result
+        return stack.kubectl(self.kubeconfig, *args, check=check, input_text=input_text)
 
     def apply(self, objects: list[dict]) -> None:
         """Server-side apply of objects as one List (stack setup: DNS, storage, KEDA)."""
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
-                     input_text=json.dumps({"apiVersion": "v1", "kind": "List",
-                                            "items": objects}))
+        stack.apply(self.kubeconfig, objects)
 
     def logs_dir(self) -> Path:
         return self.run_dir / "logs"

@@ -5,13 +5,12 @@ can run here).
     cluster.kubectl(...); cluster.load(refs); cluster.load_archive(tar)
     cluster.stop()                    # kind delete, engine, network, guard, host restored
 
-Like the local cluster it holds ~/.cache/session-manager/stack.lock (one cluster per machine:
+Like the local cluster it holds the stack lock (devcluster/stack.py; one cluster per machine:
 fixed bridge, chain and cgroup names), and a start first undoes what a crashed run left.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -22,11 +21,12 @@ from pathlib import Path
 
 import yaml
 
-from .. import paths
+from .. import paths, stack
 from ..images import DockerClient
 from ..network import GuardCounts
 from ..paths import LocalServiceError
 from ..processes import NO_CLOUD_ENV, Spawner, kill_pids, pid_alive
+from ..stack import StackLock
 from . import engine, nodeimage
 from .guard import KindGuard
 from .host import HostChanges
@@ -76,7 +76,7 @@ class KindCluster:
         self.created = False
         self.final_counts: GuardCounts | None = None
         self.guard_installed = False
-        self._lock_file = None
+        self.lock = StackLock()
         self.kind = ""
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -85,7 +85,8 @@ class KindCluster:
         """Up, or an exception; call stop() in either case (after saving the logs): a failed
         start leaves what it made for the logs to show."""
         self.kind = str(nodeimage.build("kind"))
-        self._lock()
+        self.lock.acquire("another local cluster (the local stack or kind) runs on this "
+                          "machine: wait for it, or stop it")
         began = time.monotonic()
         self.host.restore(self.guard, BRIDGE)  # what a crashed run left behind
         self.host.save()
@@ -113,7 +114,7 @@ class KindCluster:
         return self
 
     def stop(self) -> None:
-        if self._lock_file is None:
+        if not self.lock.held:
             return  # never started (or the lock was someone else's): nothing here is ours
         began = time.monotonic()
         try:
@@ -128,7 +129,7 @@ class KindCluster:
                 self.engine.stop()
             self.host.restore(self.guard, BRIDGE)
             shutil.rmtree(self.run_dir, ignore_errors=True)
-            self._unlock()
+            self.lock.release()
         log(f"cluster {self.name} down in {time.monotonic() - began:.0f}s")
 
     # -- parts -----------------------------------------------------------------------------
@@ -187,40 +188,15 @@ class KindCluster:
                                     f"{self.name}-control-plane")
         return json.loads(result.stdout)[NETWORK]["IPAddress"]
 
-    def _lock(self) -> None:
-        paths.CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(paths.CACHE_DIR / "stack.lock", "a+")  # noqa: SIM115 - held
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            self._lock_file = None
-            raise LocalServiceError(
-                "another local cluster (the local stack or kind) runs on this machine "
-                f"({paths.CACHE_DIR / 'stack.lock'} is held): wait for it, or stop it") from None
-
-    def _unlock(self) -> None:
-        if self._lock_file is not None:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            self._lock_file.close()
-            self._lock_file = None
-
     # -- clients ---------------------------------------------------------------------------
 
     def kubectl(self, *args: str, check: bool = True,
                 input_text: str | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [paths.binary("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
-            capture_output=True, text=True, input=input_text, check=False)
-        if check and result.returncode != 0:
-            raise LocalServiceError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
-        return result
+        return stack.kubectl(self.kubeconfig, *args, check=check, input_text=input_text)
 
     def apply(self, objects: list[dict]) -> None:
         """Server-side apply of objects as one List."""
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
-                     input_text=json.dumps({"apiVersion": "v1", "kind": "List",
-                                            "items": objects}))
+        stack.apply(self.kubeconfig, objects)
 
     def load(self, *refs: str) -> None:
         """Images of the engine into the node (`kind load docker-image`)."""
@@ -232,7 +208,7 @@ class KindCluster:
 
     def save_logs(self, target: Path) -> None:
         """`kind export logs` (node journal, containers, kubelet) and our daemons' logs."""
-        if self._lock_file is None:
+        if not self.lock.held:
             return
         if self.created and self.client is not None:
             self._kind("export", "logs", str(target / "kind"), "--name", self.name, check=False)
