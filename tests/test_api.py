@@ -302,6 +302,27 @@ def test_a_message_id_reused_for_another_text_is_409_and_the_first_is_kept(clien
     assert store.messages.queue_length(sid) == 1
 
 
+def test_a_retry_is_matched_with_its_own_message_after_the_kept_window_was_lowered(
+        client, settings, store, kube):
+    # Replicas of a rollout that lowers MAX_MESSAGES_KEPT: the old window's ids are still
+    # known, and a retry of one of them must be judged against its own message.
+    sid = create(client)["uuid"]
+    for number, text in enumerate(("one", "two", "three", "four", "five"), start=1):
+        response = client.post(f"/session/{sid}/chat", headers=KEY,
+                               json={"message": text, "message_id": f"m-{number}"})
+        assert response.status_code == 202
+    lowered = create_app(settings.replace(max_messages_kept=2, max_queued_messages=1),
+                         store=store,
+                         kube=kube).test_client()
+    again = lowered.post(f"/session/{sid}/chat", json={"message": "one", "message_id": "m-1"},
+                         headers=KEY)
+    assert (again.status_code, again.get_json().get("status")) == (202, "queued"), \
+        again.get_json()
+    assert_error(lowered.post(f"/session/{sid}/chat", headers=KEY,
+                              json={"message": "five", "message_id": "m-1"}), 409, "conflict")
+    assert store.messages.queue_length(sid) == 5
+
+
 def test_create_without_the_sessions_namespace_is_503_not_ready_and_stores_nothing(
         settings, store, apiserver):
     from service.kube import Kube, load_api_client

@@ -146,10 +146,7 @@ class Chats:
         """The same message_id again: report what happened to it, deliver nothing twice.
         With another text it is a different message under a reused id: 409, as a reused
         Idempotency-Key is (the old reply would otherwise pass for this message's)."""
-        seq = info["seq"]
-        messages, _ = self.store.messages.list_messages(session_id, after=seq - 1, limit=1,
-                                               max_kept=self.settings.max_messages_kept)
-        stored = messages[0] if messages else info.get("message", {})
+        seq, stored = info["seq"], info["message"]  # read with the dedupe check, by its seq
         if stored.get("message") not in (None, message):
             raise Conflict("This message_id was used for a different message")
         outcome = self._outcome(session_id, message_id, stored)

@@ -51,6 +51,7 @@ class Messages:
         when not "", the scalers have not been told (the caller does, once it is applied).
         A forwarded message's info carries the conversation for its pod ("history", JSON text
         bounded by `history_limits`: messages, bytes) and "user_id", read in the same step.
+        A duplicate's info["message"] is the message stored under that id, with its reply.
         An admitted message also counts as activity (TTLs and KEDA's activity key)."""
         token = secrets.token_hex(8)
         now = utc_now()
@@ -74,9 +75,10 @@ class Messages:
                           "status": result[4], "needs": result[5], "history": result[6],
                           "user_id": result[7]}
         if mode == "duplicate":
-            return mode, {"seq": int(result[1]),
-                          "message": json.loads(result[2]) if result[2] else {},
-                          "status": result[3]}
+            message = json.loads(result[2]) if result[2] else {}
+            if message:
+                message["reply"] = json.loads(result[4]) if result[4] else None
+            return mode, {"seq": int(result[1]), "message": message, "status": result[3]}
         if mode == "backlog":
             return mode, {"backlog": int(result[1])}
         if mode == "budget":

@@ -26,7 +26,9 @@ if not status or redis.call('HGET', KEYS[1], 'pooled') == '1' then return {'gone
 if status == 'terminating' then return {'terminating'} end
 local existing = redis.call('HGET', KEYS[5], ARGV[2])
 if existing then
-  return {'duplicate', existing, redis.call('HGET', KEYS[4], existing) or '', status}
+  -- The retry's own message and reply, by its seq: a retry is judged against them.
+  return {'duplicate', existing, redis.call('HGET', KEYS[4], existing) or '', status,
+          redis.call('HGET', KEYS[4], existing .. ':reply') or ''}
 end
 local backlog = redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3])
 if backlog >= tonumber(ARGV[5]) then return {'backlog', tostring(backlog)} end
