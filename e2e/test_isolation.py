@@ -15,30 +15,38 @@ from typing import Any
 
 import pytest
 
-# Connects to HOST:PORT from inside a pod; prints what happened. A policy drops the SYN, so a
-# blocked connection times out; the targets all listen, so "refused" would mean it got through.
+# Connects to each HOST:PORT from inside a pod, all at once (one exec, a few seconds: the
+# session pods must not idle out under the probes); prints what happened to each. A policy
+# drops the SYN, so a blocked connection times out; the targets all listen, so "refused"
+# would mean it got through.
 PROBE = """
-import json, socket, sys
-host, port = sys.argv[1], int(sys.argv[2])
-try:
-    address = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)[0][4][0]
-except OSError as err:
-    print(json.dumps({"result": "no-dns", "error": str(err)})); sys.exit()
-try:
-    socket.create_connection((address, port), timeout=4).close()
-    result = "connected"
-except socket.timeout:
-    result = "timeout"
-except OSError as err:
-    result = type(err).__name__
-print(json.dumps({"result": result, "address": address}))
+import concurrent.futures, json, socket, sys
+def probe(target):
+    host, port = target.rsplit(":", 1)
+    try:
+        address = socket.getaddrinfo(host, int(port), proto=socket.IPPROTO_TCP)[0][4][0]
+    except OSError as err:
+        return "no-dns: " + str(err)
+    try:
+        socket.create_connection((address, int(port)), timeout=4).close()
+        return "connected"
+    except socket.timeout:
+        return "timeout"
+    except OSError as err:
+        return type(err).__name__
+targets = sys.argv[1:]
+with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:
+    print(json.dumps(dict(zip(targets, pool.map(probe, targets)))))
 """
 
 
-def probe(kubectl: Any, pod: dict, host: str, port: int) -> str:
-    result = kubectl.run("exec", pod["metadata"]["name"], "--", "python3", "-c", PROBE, host,
-                         str(port), namespace=pod["metadata"]["namespace"])
-    return json.loads(result.stdout)["result"]
+def probe(kubectl: Any, pod: dict, targets: dict[str, tuple[str, int]]) -> dict[str, str]:
+    """What connecting from `pod` to each target gave, by the target's name."""
+    addresses = [f"{host}:{port}" for host, port in targets.values()]
+    result = kubectl.run("exec", pod["metadata"]["name"], "--", "python3", "-c", PROBE,
+                         *addresses, namespace=pod["metadata"]["namespace"])
+    by_address = json.loads(result.stdout)
+    return {what: by_address[address] for what, address in zip(targets, addresses, strict=True)}
 
 
 def test_session_pods_reach_only_dns_and_only_the_control_plane_reaches_them(
@@ -59,13 +67,18 @@ def test_session_pods_reach_only_dns_and_only_the_control_plane_reaches_them(
         "another session's pod": (other["status"]["podIP"], 1111),
         "another session's Service": (f"session-{second}.{sessions}.svc.cluster.local", 80),
     }
+    # Both pods answer a chat first: their idle clocks start again, so neither scales to 0
+    # under the probes.
+    for session_id in (first, second):
+        response = api.post(f"/session/{session_id}/chat", json={"message": "awake"})
+        assert response.status_code in (200, 202), response.text
     # The probe works and the targets listen: the control plane reaches them.
-    assert probe(kubectl, api_pod, redis, 6379) == "connected"
-    assert probe(kubectl, api_pod, other["status"]["podIP"], 1111) == "connected"
-    assert probe(kubectl, api_pod, pod["status"]["podIP"], 1111) == "connected"
+    from_control = probe(kubectl, api_pod, {
+        "Redis": (redis, 6379), "another session's pod": (other["status"]["podIP"], 1111),
+        "the session's pod": (pod["status"]["podIP"], 1111)})
+    assert set(from_control.values()) == {"connected"}, from_control
     # From the session pod: names resolve (DNS is allowed), connections do not.
-    reached = {what: probe(kubectl, pod, host, port)
-               for what, (host, port) in targets.items()}
+    reached = probe(kubectl, pod, targets)
     assert all(result == "timeout" for result in reached.values()), reached
     # And the chat path, control plane -> pod, still answers.
     response = api.post(f"/session/{first}/chat", json={"message": "still reachable"})
